@@ -1,0 +1,57 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from charrnn.config import Config
+
+
+def tiny_config(**overrides):
+    """A model small enough for a real session to train in a second or two."""
+    values = dict(hidden_size=16, num_layers=1, batch_size=4, seq_length=8, num_epochs=1,
+                  learning_rate=1e-2, val_frac=0.0, print_every=1000, save_every=1000,
+                  eval_every=1000, seed=0)
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture
+def write_data(tmp_path):
+    """write_data(text, name=...) -> a fresh data dir holding that text."""
+    counter = [0]
+
+    def write(text, name="input.txt", encoding="utf-8"):
+        counter[0] += 1
+        data_dir = tmp_path / f"data{counter[0]}"
+        data_dir.mkdir()
+        raw = text if isinstance(text, bytes) else text.encode(encoding)
+        (data_dir / name).write_bytes(raw)
+        return str(data_dir)
+
+    return write
+
+
+def command(name):
+    """The installed entry script, as a user would run it."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    path = beside if os.path.exists(beside) else shutil.which(name)
+    assert path, f"{name} is not installed; pip install -e '.[test]'"
+    return path
+
+
+def run_cli(name, *args, cwd=None, timeout=300):
+    return subprocess.run([command(name), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def snapshot(directory):
+    """{relative path: bytes} of every file below ``directory`` (to prove nothing changed)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for n in names:
+            path = os.path.join(root, n)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files

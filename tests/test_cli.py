@@ -1,0 +1,125 @@
+"""The installed commands, run as a user would."""
+import os
+
+import pytest
+
+from conftest import run_cli, snapshot
+
+TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 10
+TINY = ["--hidden_size", 16, "--num_layers", 1, "--batch_size", 4, "--seq_length", 8]
+
+
+def _one_error_line(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.splitlines() if ": error: " in l]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def trained(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_text(TEXT)
+    save = tmp_path / "save"
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
+                     tmp_path / "logs", "--num_epochs", 2, "--print_every", 5, *TINY)
+    assert result.returncode == 0, result.stderr
+    return tmp_path, data, save, result
+
+
+def test_train_then_sample_as_a_user(trained):
+    tmp_path, data, save, result = trained
+    assert "step 5/" in result.stdout and "chars/s" in result.stdout and "ETA" in result.stdout
+    assert os.path.exists(save / "config.json") and os.path.exists(save / "vocab.json")
+    assert not list(save.glob("*.pkl"))
+    out = run_cli("charrnn-sample", "--save_dir", save, "--prime", "Now ", "--n", 40, "--seed", 2)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Now ") and len(out.stdout.rstrip("\n")) == 44
+    again = run_cli("charrnn-sample", "--save_dir", save, "--prime", "Now ", "--n", 40, "--seed", 2)
+    assert again.stdout == out.stdout
+    assert "restored" in out.stderr  # logs go to stderr, text alone to stdout
+
+
+def test_train_resumes_when_run_again(trained):
+    tmp_path, data, save, _ = trained
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
+                     tmp_path / "logs", "--num_epochs", 3)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr
+    assert "starting at step" in result.stderr
+
+
+def test_sigterm_saves_and_exits(tmp_path):
+    import signal
+    import subprocess
+    import time
+    from conftest import command
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_text(TEXT * 20)
+    save = tmp_path / "save"
+    proc = subprocess.Popen([command("charrnn-train"), "--data_dir", str(data), "--save_dir", str(save),
+                             "--log_dir", str(tmp_path / "logs"), "--num_epochs", "500",
+                             "--print_every", "1", *map(str, TINY)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the first progress line
+        line = proc.stdout.readline()
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "interrupted by SIGTERM" in err
+    assert list(save.glob("model.ckpt-*.index"))
+
+
+def test_incompatible_resume_refused_and_nothing_changed(trained):
+    tmp_path, data, save, _ = trained
+    before = snapshot(save)
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
+                     tmp_path / "logs", "--hidden_size", 32, "--num_layers", 2)
+    _one_error_line(result, "hidden_size: saved 16, now 32", "num_layers: saved 1, now 2", "--fresh")
+    assert snapshot(save) == before
+
+
+def test_sample_errors(trained):
+    tmp_path, _, save, _ = trained
+    _one_error_line(run_cli("charrnn-sample", "--save_dir", save, "--prime", "Zebra#"),
+                    "never saw: '#' 'Z';")
+    (tmp_path / "empty").mkdir()
+    _one_error_line(run_cli("charrnn-sample", "--save_dir", tmp_path / "empty"), "holds no checkpoint")
+    _one_error_line(run_cli("charrnn-sample", "--save_dir", save, "--n", -1), "--n must be 0 or more")
+    _one_error_line(run_cli("charrnn-sample", "--save_dir", save, "--argmax", "--top_k", 3), "--top_k")
+
+
+@pytest.mark.parametrize("make, args, fragments", [
+    (None, [], ["no such directory"]),
+    ("empty_dir", [], ["no .txt files"]),
+    ("empty_text", [], ["empty or only whitespace"]),
+    ("latin1", [], ["bad.txt", "byte offset 3"]),
+    ("short", [], ["needs at least 33"]),
+    ("good", ["--hidden_size", 0], ["--hidden_size must be a positive integer"]),
+    ("good", ["--learning_rate", -1], ["--learning_rate must be a positive number"]),
+    ("good", ["--num_epochs", 0], ["--num_epochs must be a positive integer"]),
+    ("good", ["--batch_size", -2], ["--batch_size must be a positive integer"]),
+    ("good", ["--dropout", 1.0], ["--dropout must be in [0, 1)"]),
+])
+def test_train_bad_input(tmp_path, make, args, fragments):
+    data = tmp_path / "data"
+    contents = {"empty_text": b"", "latin1": "caf\u00e9 noir".encode("latin-1"),
+                "short": b"abcdefghij" * 3, "good": TEXT.encode()}
+    if make is not None:
+        data.mkdir()
+        if make in contents:
+            (data / ("bad.txt" if make == "latin1" else "t.txt")).write_bytes(contents[make])
+    save = tmp_path / "save"
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
+                     tmp_path / "logs", "--val_frac", 0, *TINY, *args)
+    _one_error_line(result, *fragments)
+    assert not save.exists() or not list(save.iterdir())

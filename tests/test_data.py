@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+
+from charrnn.data import EvalStream, TextLoader, Vocab, read_text_dir, split_ids
+from charrnn.errors import DataError
+
+
+def test_loader_exact_batches_rows_continue_and_targets_shift():
+    ids = np.arange(26, dtype=np.uint8)  # 'a'..'z' as 0..25
+    loader = TextLoader(ids, batch_size=2, seq_length=3)
+    # (26 - 1) // 6 = 4 batches; 24 inputs used, the tail (ids 24, 25 as inputs) is dropped.
+    assert loader.num_batches == 4
+    x0, y0 = loader.batch(0)
+    x1, y1 = loader.batch(1)
+    assert x0.tolist() == [[0, 1, 2], [12, 13, 14]]
+    assert y0.tolist() == [[1, 2, 3], [13, 14, 15]]
+    # Row r of batch 1 continues exactly where row r of batch 0 ended.
+    assert x1.tolist() == [[3, 4, 5], [15, 16, 17]]
+    assert y1.tolist() == [[4, 5, 6], [16, 17, 18]]
+    x3, y3 = loader.batch(3)
+    assert x3.tolist() == [[9, 10, 11], [21, 22, 23]]
+    assert y3.tolist() == [[10, 11, 12], [22, 23, 24]]  # no wrap-around to id 0
+    assert x0.dtype == np.int32
+
+
+def test_loader_position_from_step():
+    loader = TextLoader(np.arange(100, dtype=np.uint8), batch_size=3, seq_length=4)
+    assert loader.num_batches == 8
+    assert loader.position(0) == (0, 0)
+    assert loader.position(7) == (0, 7)
+    assert loader.position(8) == (1, 0)
+    assert loader.position(21) == (2, 5)
+
+
+def test_loader_too_short_says_how_many_characters_are_needed():
+    with pytest.raises(DataError, match=r"has 20 characters.*needs at least 21"):
+        TextLoader(np.zeros(20, np.uint8), batch_size=4, seq_length=5)
+
+
+def test_eval_stream_covers_every_target_once():
+    ids = np.arange(23, dtype=np.int32)
+    stream = EvalStream(ids, batch_size=3, seq_length=4)
+    xs, ys, ws = zip(*(stream.batch(k) for k in range(stream.num_batches)))
+    x, y, w = (np.concatenate(a, axis=1) for a in (xs, ys, ws))
+    assert w.sum() == 22 == stream.num_targets
+    pairs = sorted(zip(x[w > 0].tolist(), y[w > 0].tolist()))
+    assert pairs == [(i, i + 1) for i in range(22)]
+    # Rows are contiguous: row 1 starts where row 0's targets end.
+    assert x[1, 0] == y[0, int(w[0].sum()) - 1]
+
+
+def test_split_holds_out_the_end():
+    ids = np.arange(100)
+    train, val = split_ids(ids, 0.1)
+    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+    assert split_ids(ids, 0.0)[1] is None
+
+
+def test_vocab_is_sorted_and_round_trips(tmp_path):
+    vocab = Vocab.from_text("hello world")
+    assert vocab.chars == sorted(set("hello world"))
+    assert vocab.counts[vocab.index["l"]] == 3
+    ids = vocab.encode("world")
+    assert ids.dtype == np.uint8
+    assert vocab.decode(ids) == "world"
+    vocab.save(str(tmp_path))
+    assert Vocab.load(str(tmp_path)).chars == vocab.chars
+
+
+def test_vocab_wider_ids_for_large_alphabets():
+    text = "".join(chr(0x4E00 + i) for i in range(300))  # 300 distinct: more than uint8 holds
+    vocab = Vocab.from_text(text)
+    assert vocab.id_dtype == np.uint16
+    assert vocab.decode(vocab.encode(text[:50])) == text[:50]
+
+
+def test_vocab_of_one_character_is_refused():
+    with pytest.raises(DataError, match="nothing to learn"):
+        Vocab.from_text("aaaa")
+
+
+def test_read_text_dir_sorted_and_bom_stripped(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_bytes("\ufefffirst ".encode("utf-8"))
+    (tmp_path / "notes.md").write_text("ignored")
+    text, names = read_text_dir(str(tmp_path))
+    assert names == ["a.txt", "b.txt"]
+    assert text == "first second"
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "no such directory"),
+    (lambda d: d.mkdir(), "no .txt files"),
+    (lambda d: d.write_text("x"), "is a file"),
+])
+def test_read_text_dir_refuses_bad_dirs(tmp_path, setup, message):
+    d = tmp_path / "d"
+    setup(d)
+    with pytest.raises(DataError, match=message):
+        read_text_dir(str(d))
+
+
+def test_read_text_dir_names_file_and_offset_of_bad_utf8(tmp_path):
+    (tmp_path / "latin.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin\.txt: not valid UTF-8 at byte offset 3"):
+        read_text_dir(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_read_text_dir_refuses_empty_text(tmp_path, content):
+    (tmp_path / "e.txt").write_text(content)
+    with pytest.raises(DataError, match="empty or only whitespace"):
+        read_text_dir(str(tmp_path))

@@ -1,0 +1,140 @@
+"""The training loop: resume, refusals, TensorBoard output, checkpoints."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from charrnn import train as trainer
+from charrnn.config import load_config
+from charrnn.errors import ConfigError
+from charrnn.tfcompat import load
+from conftest import snapshot, tiny_config
+
+TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, " * 8
+
+
+def _train(config, data_dir, save_dir, log_dir, explicit=(), **kw):
+    run = trainer.prepare(config, data_dir, save_dir, explicit)
+    return run, trainer.train(run, save_dir, log_dir, **kw)
+
+
+def _variables(save_dir):
+    tf, _ = load()
+    reader = tf.train.load_checkpoint(save_dir)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_path):
+    data = write_data(TEXT)
+    save, logs = str(tmp_path / "save"), str(tmp_path / "logs")
+    config = tiny_config(num_epochs=3, decay_rate=0.5)
+    run = trainer.prepare(config, data, save)
+    batches = run.train.num_batches
+    k = batches + 5  # the interruption falls mid-way through epoch 1
+    first = trainer.train(run, save, logs, max_steps=k)
+    assert first["status"] == "max_steps" and first["step"] == k
+    saved = _variables(save)
+    assert saved["model/global_step"] == k
+    assert saved["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
+
+    run2, second = _train(config, data, save, logs, max_steps=1)
+    assert run2.resume and second["step"] == k + 1
+    after = _variables(save)
+    assert after["model/global_step"] == k + 1
+    assert after["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
+    # Data position and state: the step after the resume is exactly the uninterrupted run's step.
+    reference = str(tmp_path / "reference")
+    trainer.train(trainer.prepare(config, data, reference), reference, logs, max_steps=k + 1)
+    expected = _variables(reference)
+    for name in expected:
+        np.testing.assert_allclose(after[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+    # Run to the end: the total step count is num_epochs * batches, as if never interrupted.
+    _, last = _train(config, data, save, logs)
+    assert last["status"] == "complete" and last["step"] == 3 * batches
+
+
+def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path):
+    """With dropout off and a seed, stopping and resuming changes nothing (same weights)."""
+    data = write_data(TEXT)
+    config = tiny_config(num_epochs=2)
+    _train(config, data, str(tmp_path / "a"), str(tmp_path / "la"))
+    _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"), max_steps=7)
+    _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"))
+    a, b = _variables(str(tmp_path / "a")), _variables(str(tmp_path / "b"))
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_incompatible_resume_is_refused_naming_each_value_and_nothing_changes(write_data, tmp_path):
+    data = write_data(TEXT)
+    save = str(tmp_path / "save")
+    _train(tiny_config(), data, save, str(tmp_path / "logs"), max_steps=2)
+    before = snapshot(save)
+    changed = tiny_config(hidden_size=24, num_layers=2)
+    with pytest.raises(ConfigError, match=r"hidden_size: saved 16, now 24.*num_layers: saved 1, now 2"):
+        trainer.prepare(changed, data, save, explicit=("hidden_size", "num_layers"))
+    other_vocab = write_data(TEXT + "XYZ")
+    with pytest.raises(ConfigError, match=r"vocabulary.*'X' 'Y' 'Z'"):
+        trainer.prepare(tiny_config(), other_vocab, save)
+    assert snapshot(save) == before
+
+
+def test_resume_keeps_saved_settings_unless_given_again(write_data, tmp_path):
+    data = write_data(TEXT)
+    save = str(tmp_path / "save")
+    _train(tiny_config(hidden_size=24), data, save, str(tmp_path / "logs"), max_steps=2)
+    # Defaults (hidden 256) are not explicit, so the saved 24 is kept; num_epochs is explicit.
+    run = trainer.prepare(tiny_config(hidden_size=256, num_epochs=5), data, save, explicit=("num_epochs",))
+    assert run.resume and run.config.hidden_size == 24 and run.config.num_epochs == 5
+
+
+def test_fresh_starts_over(write_data, tmp_path):
+    data = write_data(TEXT)
+    save = str(tmp_path / "save")
+    _train(tiny_config(), data, save, str(tmp_path / "logs"), max_steps=4)
+    run = trainer.prepare(tiny_config(hidden_size=24), data, save, explicit=("hidden_size",), fresh=True)
+    result = trainer.train(run, save, str(tmp_path / "logs"), max_steps=2)
+    assert result["step"] == 2 and load_config(save).hidden_size == 24
+
+
+def test_moved_save_dir_still_resumes(write_data, tmp_path):
+    data = write_data(TEXT)
+    _train(tiny_config(), data, str(tmp_path / "old"), str(tmp_path / "logs"), max_steps=3)
+    os.rename(tmp_path / "old", tmp_path / "new")
+    with open(tmp_path / "new" / "checkpoint") as f:
+        assert str(tmp_path) not in f.read()  # relative paths only
+    _, result = _train(tiny_config(), data, str(tmp_path / "new"), str(tmp_path / "logs"), max_steps=1)
+    assert result["step"] == 4
+
+
+def test_validation_best_checkpoint_and_summaries(write_data, tmp_path):
+    tf, _ = load()
+    data = write_data(TEXT * 2)
+    save, logs = str(tmp_path / "save"), str(tmp_path / "logs")
+    config = tiny_config(val_frac=0.2, eval_every=5, print_every=2, num_epochs=2)
+    _, result = _train(config, data, save, logs)
+    with open(os.path.join(save, "best", "best.json")) as f:
+        best = json.load(f)
+    assert best["step"] == result["best"][0] and best["val_loss"] == pytest.approx(result["best"][1])
+    assert glob.glob(os.path.join(save, "best", "model.ckpt-*.index"))
+
+    def tags(run):
+        found = set()
+        for path in glob.glob(os.path.join(logs, run, "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                found.update(v.tag for v in event.summary.value)
+        return found
+
+    assert {"loss", "learning_rate", "grad_norm", "chars_per_sec"} <= tags("train")
+    assert {"loss", "bits_per_char"} <= tags("val")
+
+
+def test_patience_stops_training(write_data, tmp_path):
+    data = write_data(TEXT * 2)
+    config = tiny_config(val_frac=0.2, eval_every=1, num_epochs=50, learning_rate=0.5, patience=2)
+    _, result = _train(config, data, str(tmp_path / "s"), str(tmp_path / "l"))
+    assert result["status"] == "patience"
