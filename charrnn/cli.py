@@ -33,7 +33,7 @@ def _run(main, program):
 
 _CONFIG_FLAGS = ("hidden_size", "num_layers", "batch_size", "seq_length", "val_frac", "num_epochs",
                  "learning_rate", "decay_rate", "grad_clip", "dropout", "seed", "print_every",
-                 "save_every", "eval_every", "patience", "max_to_keep")
+                 "save_every", "eval_every", "patience", "max_to_keep", "rnn_impl", "xla")
 
 
 def _define_train_flags():
@@ -65,6 +65,10 @@ def _define_train_flags():
     flags.DEFINE_integer("patience", d.patience, "Stop after this many validations without "
                          "improvement; 0 never stops early.")
     flags.DEFINE_integer("max_to_keep", d.max_to_keep, "Latest checkpoints to keep.")
+    flags.DEFINE_enum("rnn_impl", d.rnn_impl, ["cell", "layerwise"],
+                      "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' computes the "
+                      "same LSTM one layer at a time, unrolled (faster; same checkpoints).")
+    flags.DEFINE_boolean("xla", d.xla, "Compile the whole training step with XLA.")
 
 
 def _train_main():
@@ -140,3 +144,70 @@ def _sample_main():
 def sample_main():
     _define_sample_flags()
     _run(_sample_main, "charrnn-sample")
+
+
+# ---------------------------------------------------------------- charrnn-eval
+
+def _define_eval_flags():
+    flags.DEFINE_string("save_dir", "save", "Folder of a trained model.")
+    flags.DEFINE_string("text", None, "UTF-8 file to score (required).")
+    flags.DEFINE_string("checkpoint", "auto", "auto (best if any, else latest), best, latest, "
+                        "or a checkpoint path prefix.")
+    flags.DEFINE_boolean("skip_unknown", False, "Drop characters the model never saw (and count "
+                         "them) instead of refusing the text.")
+    flags.DEFINE_integer("batch_size", None, "Parallel rows the text is cut into; each starts from "
+                         "a zero state. Default: the run's --batch_size.")
+    flags.DEFINE_integer("seq_length", 200, "Characters per row per session.run; the state carries "
+                         "across windows, so this changes speed, not the result.")
+    flags.DEFINE_boolean("json", False, "Print the result as one JSON object instead of a line.")
+
+
+def _eval_main():
+    problems = []
+    if not FLAGS.text:
+        problems.append("--text is required: the UTF-8 file to score")
+    for name in ("batch_size", "seq_length"):
+        if FLAGS[name].value is not None and FLAGS[name].value <= 0:
+            problems.append(f"--{name} must be a positive integer (got {FLAGS[name].value})")
+    if problems:
+        raise_config("; ".join(problems))
+
+    import json
+
+    from charrnn.data import read_text_file
+    from charrnn.evaluate import evaluate_text, format_result
+    from charrnn.train import log
+
+    text = read_text_file(FLAGS.text)
+    result = evaluate_text(FLAGS.save_dir, text, FLAGS.checkpoint, skip_unknown=FLAGS.skip_unknown,
+                           batch_size=FLAGS.batch_size, seq_length=FLAGS.seq_length,
+                           source=f"--text {FLAGS.text}", log=log)
+    print(json.dumps(result) if FLAGS.json else format_result(result), flush=True)
+
+
+def eval_main():
+    _define_eval_flags()
+    _run(_eval_main, "charrnn-eval")
+
+
+# ---------------------------------------------------------------- charrnn-plot
+
+def _define_plot_flags():
+    if "log_dir" in FLAGS:  # absl.logging defines --log_dir for log files it never writes here
+        delattr(FLAGS, "log_dir")
+    flags.DEFINE_string("log_dir", "logs", "TensorBoard folder written by charrnn-train "
+                        "(runs 'train' and 'val').")
+    flags.DEFINE_string("out", "loss.png", "PNG file to write (replaced atomically).")
+    flags.DEFINE_float("smoothing", 0.9, "Exponential smoothing of the train loss, in [0, 1) like "
+                       "TensorBoard's slider but two-sided (no lag); 0 draws no smoothed line.")
+
+
+def _plot_main():
+    from charrnn.plot import plot_losses
+
+    print(plot_losses(FLAGS.log_dir, FLAGS.out, smoothing=FLAGS.smoothing), flush=True)
+
+
+def plot_main():
+    _define_plot_flags()
+    _run(_plot_main, "charrnn-plot")

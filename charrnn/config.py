@@ -36,6 +36,9 @@ class Config:
     grad_clip: float = 5.0  # global gradient norm
     dropout: float = 0.0  # drop probability on the LSTM inputs and outputs, training only
     seed: int = 0
+    # Speed: how the training graph is built. Both share checkpoints and give the same losses.
+    rnn_impl: str = "cell"  # "cell": MultiRNNCell + dynamic_rnn; "layerwise": unrolled, per layer
+    xla: bool = False  # compile the whole training step with XLA
     # Bookkeeping.
     print_every: int = 50
     save_every: int = 500
@@ -60,6 +63,8 @@ class Config:
             problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
         if not 0 <= self.val_frac < 1:
             problems.append(f"--val_frac must be in [0, 1) (got {self.val_frac})")
+        if self.rnn_impl not in ("cell", "layerwise"):
+            problems.append(f"--rnn_impl must be cell or layerwise (got {self.rnn_impl!r})")
         if self.patience < 0:
             problems.append(f"--patience must be 0 (off) or positive (got {self.patience})")
         if problems:

@@ -102,51 +102,126 @@ class CharRNN:
                                        collections=collections)
                       for part in ("c", "h"))
                 for l in range(L)]
-            self.initial_state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(cv.read_value(), hv.read_value())
-                                       for cv, hv in self._state_vars)
-
-            inputs = tf.nn.embedding_lookup(embedding, self.inputs)  # (B, T, H)
-            if dropout > 0:
-                keep = 1.0 - dropout
-                # One seed per step, derived from (seed, global_step): stateless, so exact on resume.
-                step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
-                input_mask = tf.random.stateless_uniform([batch_size, seq_length, H], step_seed) < keep
-                inputs = inputs * tf.cast(input_mask, tf.float32) / keep
-                out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
-                out_mask = tf.random.stateless_uniform([batch_size, seq_length, L, H], out_seed) < keep
-                inputs = (inputs, tf.cast(out_mask, tf.float32) / keep)
-            outputs, final_state = tf1.nn.dynamic_rnn(self._cell, inputs, initial_state=self.initial_state)
-            if dropout > 0:
-                outputs = outputs[0]
-            self.final_state = final_state
-            self.logits = project(outputs)  # (B, T, V)
-            self.loss, self.loss_sum, self.weight_sum = sequence_loss(
-                self.logits, self.targets, self.weights)
-
             self.reset_state_op = tf.group(*[v.assign(tf.zeros_like(v)) for pair in self._state_vars
                                              for v in pair], name="reset_state")
-            self.update_state_op = tf.group(
-                *[v.assign(t) for pair, s in zip(self._state_vars, final_state)
-                  for v, t in zip(pair, (s.c, s.h))], name="update_state")
-
             if mode == TRAIN:
-                self._build_train_op()
-            else:
-                self.eval_op = self.update_state_op
+                self.lr = tf1.get_variable("learning_rate", [], trainable=False,
+                                           initializer=tf1.constant_initializer(c.learning_rate))
+                self._new_lr = tf1.placeholder(tf.float32, [], "new_learning_rate")
+                self._lr_update = self.lr.assign(self._new_lr)
 
-    def _build_train_op(self):
+            def step(inputs, targets, weights, *masks):
+                """One batch: forward, loss, state update and (TRAIN) the clipped Adam update."""
+                initial_state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(cv.read_value(), hv.read_value())
+                                      for cv, hv in self._state_vars)
+                outputs, final_state = self._forward(inputs, embedding, initial_state, *masks)
+                logits = project(outputs)  # (B, T, V)
+                loss, loss_sum, weight_sum = sequence_loss(logits, targets, weights)
+                update_state = [v.assign(t) for pair, s in zip(self._state_vars, final_state)
+                                for v, t in zip(pair, (s.c, s.h))]
+                if mode != TRAIN:
+                    with tf.control_dependencies(update_state):
+                        return [tf.identity(t) for t in (loss, loss_sum, weight_sum, logits)]
+                params = tf1.trainable_variables()
+                grads = tf.gradients(loss, params)
+                clipped, grad_norm = tf.clip_by_global_norm(grads, c.grad_clip)
+                apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
+                    zip(clipped, params), global_step=self.global_step)
+                with tf.control_dependencies(update_state + [apply]):
+                    return [tf.identity(loss), tf.identity(grad_norm)]
+
+            # Dropout masks are made outside the (possibly XLA-compiled) step: XLA's stateless
+            # random numbers differ from the CPU kernel's, and the masks must not depend on the path.
+            feeds = [self.inputs, self.targets, self.weights] + self._dropout_masks(dropout)
+            if c.xla and mode == TRAIN:
+                # Compile the whole step (forward, backward, clipping, Adam) into one XLA cluster:
+                # one kernel launch per step instead of thousands of small ops.
+                results = tf1.xla.experimental.compile(step, feeds)
+            else:
+                results = step(*feeds)
+            if mode == TRAIN:
+                self.loss, self.grad_norm = results
+                self.train_op = tf.group(*results, name="train_op")
+            else:
+                self.loss, self.loss_sum, self.weight_sum, self.logits = results
+                self.eval_op = tf.group(*results, name="eval_op")
+
+    def _dropout_masks(self, dropout):
+        """[] without dropout, else [input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep.
+
+        One seed per step, derived from (seed, global_step): stateless, so exact on resume.
+        """
+        if dropout == 0:
+            return []
+        tf, _ = load()
+        c = self.config
+        B, T, H, L = self.batch_size, self.seq_length, c.hidden_size, c.num_layers
+        keep = 1.0 - dropout
+        step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
+        input_mask = tf.cast(tf.random.stateless_uniform([B, T, H], step_seed) < keep, tf.float32) / keep
+        out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
+        masks = tf.cast(tf.random.stateless_uniform([B, T, L, H], out_seed) < keep, tf.float32) / keep
+        return [input_mask, masks]
+
+    def _forward(self, ids, embedding, initial_state, input_mask=None, masks=None):
+        """Embedding and the LSTM stack: (B, T) ids -> (B, T, H) outputs, final state per layer."""
         tf, tf1 = load()
         c = self.config
-        self.lr = tf1.get_variable("learning_rate", [], initializer=tf1.constant_initializer(c.learning_rate),
-                                   trainable=False)
-        self._new_lr = tf1.placeholder(tf.float32, [], "new_learning_rate")
-        self._lr_update = self.lr.assign(self._new_lr)
-        params = tf1.trainable_variables()
-        grads = tf.gradients(self.loss, params)
-        clipped, self.grad_norm = tf.clip_by_global_norm(grads, c.grad_clip)
-        optimizer = tf1.train.AdamOptimizer(self.lr)
-        apply = optimizer.apply_gradients(zip(clipped, params), global_step=self.global_step)
-        self.train_op = tf.group(apply, self.update_state_op, name="train_op")
+        if c.rnn_impl == "layerwise":
+            return self._layerwise(ids, embedding, initial_state, input_mask, masks)
+        inputs = tf.nn.embedding_lookup(embedding, ids)  # (B, T, H)
+        if masks is not None:
+            inputs = (inputs * input_mask, masks)
+        outputs, final_state = tf1.nn.dynamic_rnn(self._cell, inputs, initial_state=initial_state)
+        return (outputs[0] if masks is not None else outputs), final_state
+
+    def _layerwise(self, ids, embedding, initial_state, input_mask, masks):
+        """The same LSTM stack, computed one layer at a time with the time loop unrolled.
+
+        Exactly the math of LSTMCell (gates i, j, f, o; forget bias 1; tanh) on the same variables,
+        so checkpoints are shared with the MultiRNNCell graph. What it saves: each layer's input
+        projection is one large matmul over all B*T positions instead of T small ones, and for the
+        first layer without input dropout it is a row lookup in embedding @ W_x, (V, 4H).
+        """
+        tf, tf1 = load()
+        c = self.config
+        T, H, L = self.seq_length, c.hidden_size, c.num_layers
+        kernels, biases = [], []
+        for layer in range(L):
+            with tf1.variable_scope(f"rnn/multi_rnn_cell/cell_{layer}/lstm_cell"):
+                kernels.append(tf1.get_variable("kernel", [2 * H, 4 * H],
+                                                initializer=tf1.glorot_uniform_initializer()))
+                biases.append(tf1.get_variable("bias", [4 * H], initializer=tf1.zeros_initializer()))
+        if input_mask is None:
+            table = tf.matmul(embedding, kernels[0][:H])  # (V, 4H)
+            projected = tf.nn.embedding_lookup(table, ids)  # (B, T, 4H)
+        else:
+            inputs = tf.nn.embedding_lookup(embedding, ids) * input_mask  # (B, T, H)
+            projected = tf.tensordot(inputs, kernels[0][:H], 1)  # (B, T, 4H)
+        final_state = []
+        for layer in range(L):
+            projected = projected + biases[layer]
+            recurrent = kernels[layer][H:]  # (H, 4H)
+            steps = tf.TensorArray(tf.float32, size=T).unstack(tf.transpose(projected, [1, 0, 2]))
+
+            def body(t, cell, hidden, outputs, steps=steps, recurrent=recurrent):
+                gates = steps.read(t) + tf.matmul(hidden, recurrent)  # (B, 4H)
+                i, j, f, o = tf.split(gates, 4, axis=1)
+                cell = tf.sigmoid(f + 1.0) * cell + tf.sigmoid(i) * tf.tanh(j)
+                hidden = tf.sigmoid(o) * tf.tanh(cell)
+                return t + 1, cell, hidden, outputs.write(t, hidden)
+
+            _, cell, hidden, outputs = tf.while_loop(
+                lambda t, *_: t < T, body,
+                [tf.constant(0), *initial_state[layer], tf.TensorArray(tf.float32, size=T)],
+                maximum_iterations=T)
+            final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
+            output = tf.transpose(outputs.stack(), [1, 0, 2])  # (B, T, H)
+            if masks is not None:
+                output = output * masks[:, :, layer]
+            if layer + 1 < L:
+                projected = tf.tensordot(output, kernels[layer + 1][:H], 1)  # (B, T, 4H)
+        return output, tuple(final_state)
 
     def assign_lr(self, session, value):
         session.run(self._lr_update, {self._new_lr: value})

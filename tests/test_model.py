@@ -91,3 +91,39 @@ def test_tiny_model_memorises_a_short_text(write_data, tmp_path):
     result = trainer.train(run, str(tmp_path / "s"), str(tmp_path / "logs"))
     assert result["loss"] < 0.05
 
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tmp_path, dropout):
+    """layerwise and XLA graphs restore the default graph's checkpoint and give the same step."""
+    tf, tf1 = load()
+    config = tiny_config(hidden_size=16, num_layers=2, dropout=dropout)
+    save = str(tmp_path / "save")
+    run = trainer.prepare(config, write_data("a quick brown fox jumps over the lazy dog. " * 10), save)
+    trainer.train(run, save, str(tmp_path / "logs"), max_steps=3)  # default graph: cell, no XLA
+    x, y = run.train.batch(3)
+
+    def one_step(rnn_impl, xla):
+        import dataclasses
+
+        c = dataclasses.replace(run.config, rnn_impl=rnn_impl, xla=xla)
+        graph = tf.Graph()
+        with graph.as_default():
+            model = CharRNN(c, TRAIN)
+            saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as session:
+            saver.restore(session, tf.train.latest_checkpoint(save))
+            loss, norm, _ = session.run([model.loss, model.grad_norm, model.train_op],
+                                        {model.inputs: x, model.targets: y})
+            weights = {v.op.name: v.eval(session) for v in tf1.global_variables()}
+        return loss, norm, weights
+
+    ref_loss, ref_norm, ref_weights = one_step("cell", False)
+    for impl, xla in [("layerwise", False), ("cell", True), ("layerwise", True)]:
+        loss, norm, weights = one_step(impl, xla)
+        assert loss == pytest.approx(ref_loss, rel=1e-5), (impl, xla)
+        assert norm == pytest.approx(ref_norm, rel=1e-3), (impl, xla)
+        assert weights.keys() == ref_weights.keys()
+        for name, value in weights.items():
+            np.testing.assert_allclose(value, ref_weights[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{impl} xla={xla}: {name}")

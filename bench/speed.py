@@ -1,0 +1,148 @@
+"""Speed and memory of charrnn on this machine; prints one JSON object.
+
+usage: python bench/speed.py --data FILE [--hidden_size 256] [--steps 60] [--rnn_impl cell]
+       [--xla] [--skip_startup] [--memory_steps 0]
+
+- training: chars/sec and ms/step of the training step (median of 10-step windows after
+  10 warm-up steps), measured in-process on the real CharRNN graph;
+- sampling: chars/sec of the in-graph sampler generating 20,000 characters in one session.run;
+- startup: seconds from launching charrnn-train to its first finished step, and from launching
+  charrnn-sample --n 500 to its exit;
+- memory: peak RSS of a charrnn-train subprocess run for --memory_steps steps (0: skip).
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from charrnn import train as trainer  # noqa: E402
+from charrnn.config import Config  # noqa: E402
+from charrnn.model import TRAIN, CharRNN  # noqa: E402
+from charrnn.tfcompat import load, session_config  # noqa: E402
+
+
+def training_speed(run, steps):
+    tf, tf1 = load()
+    c = run.config
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(0)
+        model = CharRNN(c, TRAIN)
+        init = tf1.global_variables_initializer()
+    graph.finalize()
+    with tf1.Session(graph=graph, config=session_config()) as session:
+        session.run(init)
+        window, times, losses = 10, [], []
+        for i in range(10 + steps):
+            x, y = run.train.batch(i % run.train.num_batches)
+            t0 = time.perf_counter()
+            loss, _ = session.run([model.loss, model.train_op], {model.inputs: x, model.targets: y})
+            if i >= 10:
+                times.append(time.perf_counter() - t0)
+            losses.append(float(loss))
+    windows = [sum(times[i:i + window]) / window for i in range(0, len(times) - window + 1, window)]
+    ms = 1000 * statistics.median(windows)
+    return {"ms_per_step": round(ms, 1), "chars_per_sec": round(c.batch_size * c.seq_length / ms * 1000),
+            "loss_after": round(losses[-1], 3)}
+
+
+def sampling_speed(save_dir, n=20000):
+    from charrnn.sample import Sampler
+
+    sampler = Sampler(save_dir)
+    "".join(sampler.generate("The ", 200, chunk_size=n))  # warm-up
+    runs = []
+    for seed in range(3):
+        t0 = time.perf_counter()
+        "".join(sampler.generate("The ", n, seed=seed, chunk_size=n))
+        runs.append(n / (time.perf_counter() - t0))
+    sampler.close()
+    return round(statistics.median(runs))
+
+
+def startup(data_dir, save_dir, args):
+    """Seconds to the first finished training step, and for a whole charrnn-sample --n 500."""
+    bindir = os.path.dirname(sys.executable)
+    t0 = time.time()
+    proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
+                             "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
+                             "--max_steps", "1", "--val_frac", "0", "--hidden_size", str(args.hidden_size),
+                             "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_step = None
+    for line in proc.stderr:
+        if line.startswith("saved "):  # the one step is done and being checkpointed
+            first_step = time.time() - t0
+    proc.wait()
+    t0 = time.time()
+    subprocess.run([os.path.join(bindir, "charrnn-sample"), "--save_dir", save_dir, "--n", "500"],
+                   capture_output=True, check=True)
+    return round(first_step, 2), round(time.time() - t0, 2)
+
+
+def peak_rss(data_dir, save_dir, args):
+    bindir = os.path.dirname(sys.executable)
+    proc = subprocess.run([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
+                           "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"), "--fresh",
+                           "--max_steps", str(args.memory_steps), "--hidden_size", str(args.hidden_size),
+                           "--print_every", "100", "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                          capture_output=True, text=True)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(usage.ru_maxrss / 1024), proc.returncode
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--hidden_size", type=int, default=256)
+    p.add_argument("--num_layers", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=50)
+    p.add_argument("--seq_length", type=int, default=50)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rnn_impl", default="cell")
+    p.add_argument("--xla", action="store_true")
+    p.add_argument("--skip_startup", action="store_true")
+    p.add_argument("--skip_sampling", action="store_true")
+    p.add_argument("--memory_steps", type=int, default=0)
+    args = p.parse_args()
+
+    work = tempfile.mkdtemp(prefix="charrnn-speed-")
+    try:
+        data_dir = os.path.join(work, "data")
+        os.makedirs(data_dir)
+        shutil.copy(args.data, os.path.join(data_dir, "input.txt"))
+        config = Config(hidden_size=args.hidden_size, num_layers=args.num_layers,
+                        batch_size=args.batch_size, seq_length=args.seq_length, val_frac=0.0,
+                        rnn_impl=args.rnn_impl, xla=args.xla)
+        run = trainer.prepare(config, data_dir, os.path.join(work, "unused"))
+        result = {"config": {k: getattr(run.config, k) for k in
+                             ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla")},
+                  "training": training_speed(run, args.steps)}
+        save_dir = os.path.join(work, "save")
+        if not args.skip_startup:
+            first_step, sample_wall = startup(data_dir, save_dir, args)
+            result["startup"] = {"seconds_to_first_training_step": first_step,
+                                 "charrnn_sample_n500_seconds": sample_wall}
+            if not args.skip_sampling:
+                result["sampling_chars_per_sec"] = sampling_speed(save_dir)
+        if args.memory_steps:
+            rss, code = peak_rss(data_dir, save_dir, args)
+            result["memory"] = {"steps": args.memory_steps, "peak_rss_mib": rss, "exit": code}
+        print(json.dumps(result))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
