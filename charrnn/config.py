@@ -122,9 +122,11 @@ def load_config(save_dir):
         raise ConfigError(f"{path}: no 'config' object")
     fields = {f.name: f for f in dataclasses.fields(Config)}
     unknown = sorted(set(raw) - set(fields))
-    missing = sorted(set(fields) - set(raw))
+    # Fields added after a run was saved take their defaults; the model's shape never does.
+    missing = sorted(set(FIXED_FIELDS) - set(raw))
     if unknown or missing:
-        raise ConfigError(f"{path}: unknown fields {unknown}, missing fields {missing}")
+        raise ConfigError(f"{path}: unknown fields {unknown}, missing fields {missing}; "
+                          "it was not written by this charrnn version")
     values = {}
     for name, value in raw.items():
         expected = type(getattr(Config, name))

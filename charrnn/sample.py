@@ -7,7 +7,7 @@ from charrnn import checkpoint
 from charrnn.config import load_config
 from charrnn.data import Vocab, format_chars
 from charrnn.errors import CheckpointError, ConfigError
-from charrnn.model import SAMPLE, CharRNN
+from charrnn.model import MAX_CHUNK, SAMPLE, CharRNN
 from charrnn.tfcompat import load, session_config
 
 
@@ -62,7 +62,7 @@ class Sampler:
             log(f"restored {self.path}")
 
     def generate(self, prime, n, seed=0, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
-                 chunk_size=2000):
+                 chunk_size=MAX_CHUNK):
         """Yield ``prime`` then ``n`` generated characters, ``chunk_size`` per session.run.
 
         An empty prime starts from a character drawn from the vocabulary's frequencies; it counts
@@ -86,7 +86,7 @@ class Sampler:
         settings = {m.seed: seed, m.temperature: temperature, m.top_k: top_k, m.top_p: top_p,
                     m.greedy: greedy}
         while offset < n:
-            count = min(chunk_size, n - offset)
+            count = min(chunk_size, MAX_CHUNK, n - offset)
             feed = {m.prime: ids, m.num_chars: count, m.offset: offset, **settings}
             if state is not None:
                 feed.update(zip(_flatten(m.initial_state), state))
