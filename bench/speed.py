@@ -13,8 +13,6 @@ usage: python bench/speed.py --data FILE [--hidden_size 256] [--steps 60] [--rnn
 import argparse
 import json
 import os
-import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -22,7 +20,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,15 +88,36 @@ def startup(data_dir, save_dir, args):
     return round(first_step, 2), round(time.time() - t0, 2)
 
 
-def peak_rss(data_dir, save_dir, args):
+def memory(data_dir, save_dir, args):
+    """Run charrnn-train for --memory_steps steps, sampling its RSS every second.
+
+    Returns the peak RSS (MiB, from the kernel's high-water mark) and the RSS at each tenth of
+    the run, to show whether memory grows with the number of steps.
+    """
     bindir = os.path.dirname(sys.executable)
-    proc = subprocess.run([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
-                           "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"), "--fresh",
-                           "--max_steps", str(args.memory_steps), "--hidden_size", str(args.hidden_size),
-                           "--print_every", "100", "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
-                          capture_output=True, text=True)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return round(usage.ru_maxrss / 1024), proc.returncode
+    proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
+                             "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"), "--fresh",
+                             "--max_steps", str(args.memory_steps), "--hidden_size", str(args.hidden_size),
+                             "--print_every", "100", "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    samples, peak = [], 0
+    step = 0
+    os.set_blocking(proc.stdout.fileno(), False)
+    while proc.poll() is None:
+        time.sleep(1)
+        for line in (proc.stdout.read() or "").splitlines():
+            if line.startswith("step "):
+                step = int(line.split()[1].split("/")[0])
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            rss, peak = int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+            samples.append((step, rss))
+        except (OSError, KeyError, ValueError):
+            pass
+    marks = [samples[int(i * (len(samples) - 1) / 10)] for i in range(11)] if samples else []
+    return {"steps": args.memory_steps, "peak_rss_mib": peak, "exit": proc.returncode,
+            "rss_mib_at_steps": [{"step": s, "rss_mib": r} for s, r in marks]}
 
 
 def main():
@@ -137,8 +155,7 @@ def main():
             if not args.skip_sampling:
                 result["sampling_chars_per_sec"] = sampling_speed(save_dir)
         if args.memory_steps:
-            rss, code = peak_rss(data_dir, save_dir, args)
-            result["memory"] = {"steps": args.memory_steps, "peak_rss_mib": rss, "exit": code}
+            result["memory"] = memory(data_dir, os.path.join(work, "memory"), args)
         print(json.dumps(result))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,15 +12,103 @@ LOCK_FILE = ".lock"
 
 
 def has_checkpoint(directory):
-    return os.path.exists(os.path.join(directory, "checkpoint"))
+    """Whether ``directory`` holds any checkpoint (intact or not: see usable_checkpoint)."""
+    return (os.path.exists(os.path.join(directory, "checkpoint"))
+            or bool(glob.glob(os.path.join(directory, CHECKPOINT_PREFIX + "-*.index"))))
 
 
-def latest_checkpoint(directory):
-    """The newest checkpoint prefix in ``directory``, or None. Paths resolve relative to it."""
+def _candidates(directory):
+    """Checkpoint prefixes in ``directory``, newest first: those the state file lists, then any
+    other ``model.ckpt-STEP.index`` on disk (the state file itself may be the damaged part)."""
     from charrnn.tfcompat import load
 
     tf, _ = load()
-    return tf.train.latest_checkpoint(directory)
+    listed = []
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+        if state:
+            listed = [p if os.path.isabs(p) else os.path.join(directory, p)
+                      for p in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]]
+    except Exception:  # a truncated or garbled 'checkpoint' text file: fall back to the files
+        listed = []
+    on_disk = [path[:-len(".index")] for path in glob.glob(os.path.join(directory, CHECKPOINT_PREFIX + "-*.index"))]
+
+    def step(prefix):
+        tail = prefix.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    ordered = sorted(set(os.path.normpath(p) for p in listed + on_disk), key=step, reverse=True)
+    return ordered
+
+
+def verify(prefix):
+    """None if every tensor of checkpoint ``prefix`` reads back intact (TensorFlow checks each
+    tensor's CRC32C) and is finite; otherwise a short description of the damage."""
+    from charrnn.tfcompat import load
+
+    import numpy as np
+
+    tf, _ = load()
+    if not os.path.exists(prefix + ".index"):
+        return "its .index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                return f"{name} holds non-finite values"
+    except Exception as e:  # DataLossError, NotFoundError, OutOfRangeError, parse errors ...
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        return lines[0][:160]
+    return None
+
+
+def usable_checkpoint(directory, log=None):
+    """The newest intact checkpoint in ``directory`` (None if there is none at all).
+
+    A damaged newer one is skipped with a warning naming it, so a crash during a save or a
+    corrupted file falls back to the previous good checkpoint instead of loading garbage.
+    """
+    candidates = _candidates(directory)
+    damaged = []
+    for prefix in candidates:
+        problem = verify(prefix)
+        if problem is None:
+            return prefix
+        damaged.append(prefix)
+        if log:
+            log(f"warning: checkpoint {prefix} is damaged ({problem}); using an older one")
+    if damaged:
+        raise CheckpointError(f"{directory}: every checkpoint is damaged (newest: {damaged[0]}); "
+                              "restore them from a backup or train again with --fresh")
+    return None
+
+
+def restore(session, saver, variables, path, save_dir):
+    """Restore ``variables`` from checkpoint ``path`` after checking every name and shape.
+
+    Resource variables accept an assignment of another shape, so without this check a checkpoint
+    of another vocabulary or size would load as garbage instead of failing.
+    """
+    from charrnn.tfcompat import load
+
+    tf, _ = load()
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    problems = []
+    for v in variables:
+        name, shape = v.op.name, v.shape.as_list()
+        if name not in shapes:
+            problems.append(f"{name} is missing")
+        elif shapes[name] != shape:
+            problems.append(f"{name} is {shapes[name]}, the config needs {shape}")
+    if problems:
+        raise CheckpointError(f"{path}: does not match {save_dir}/config.json and vocab.json "
+                              f"({'; '.join(problems[:3])}); the directory is inconsistent")
+    try:
+        saver.restore(session, path)
+    except tf.errors.OpError as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: cannot be restored ({first_line[:200]})")
 
 
 def prepare_save_dir(save_dir):
@@ -33,7 +121,7 @@ def prepare_save_dir(save_dir):
         os.unlink(probe)
     except OSError as e:
         raise CheckpointError(f"--save_dir {save_dir}: not writable ({e.strerror}); "
-                              "choose another directory or fix its permissions")
+                              "choose another directory, free space or fix its permissions")
 
 
 def remove_run_files(save_dir):

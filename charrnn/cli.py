@@ -1,5 +1,4 @@
 """Command-line entry points. Flags live here only; library code takes a Config."""
-import dataclasses
 import os
 import sys
 
@@ -25,7 +24,17 @@ def _run(main, program):
             return main()
         except CharRNNError as e:
             _fail(program, str(e))
+        except BrokenPipeError:  # e.g. charrnn-sample | head: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except KeyboardInterrupt:  # outside training's own handler (which saves first)
+            print(f"{program}: interrupted", file=sys.stderr)
+            sys.exit(130)
 
+    # The flags are defined in this module, not the entry script: make them the script's key
+    # flags so --help lists them (absl files __main__'s flags under sys.argv[0]).
+    for flag in FLAGS.get_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(guarded)
 
 
@@ -33,7 +42,7 @@ def _run(main, program):
 
 _CONFIG_FLAGS = ("hidden_size", "num_layers", "batch_size", "seq_length", "val_frac", "num_epochs",
                  "learning_rate", "decay_rate", "grad_clip", "dropout", "seed", "print_every",
-                 "save_every", "eval_every", "patience", "max_to_keep", "rnn_impl", "xla")
+                 "save_every", "eval_every", "patience", "max_to_keep", "rnn_impl", "xla", "deterministic")
 
 
 def _define_train_flags():
@@ -48,6 +57,11 @@ def _define_train_flags():
                          "(its checkpoints are deleted).")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
+    flags.DEFINE_enum("preset", None, ["cpu30"], "A named configuration (see README); flags given "
+                      "explicitly override its values. cpu30: the best validation loss on ~1 MB of "
+                      "text in 30 minutes on a 2-core CPU.")
+    flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
+                       "(checkpointed; run again to go on).")
     flags.DEFINE_integer("hidden_size", d.hidden_size, "LSTM units per layer (also the embedding size).")
     flags.DEFINE_integer("num_layers", d.num_layers, "Number of stacked LSTM layers.")
     flags.DEFINE_integer("batch_size", d.batch_size, "Parallel rows of text per step.")
@@ -68,18 +82,28 @@ def _define_train_flags():
     flags.DEFINE_enum("rnn_impl", d.rnn_impl, ["cell", "layerwise"],
                       "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' computes the "
                       "same LSTM one layer at a time, unrolled (faster; same checkpoints).")
-    flags.DEFINE_boolean("xla", d.xla, "Compile the whole training step with XLA.")
+    flags.DEFINE_boolean("xla", d.xla, "Compile the whole training step with XLA (--noxla: don't).")
+    flags.DEFINE_boolean("deterministic", d.deterministic, "Use TensorFlow's op determinism, so "
+                         "a resumed run is bit-identical on any device (on CPUs it already is).")
 
 
 def _train_main():
     from charrnn import train
 
-    config = Config(**{name: FLAGS[name].value for name in _CONFIG_FLAGS})
-    explicit = [name for name in _CONFIG_FLAGS if FLAGS[name].present]
+    from charrnn.presets import PRESETS
+
+    preset = PRESETS[FLAGS.preset] if FLAGS.preset else {}
+    # Explicit flags beat the preset, which beats the defaults; both count as chosen on resume.
+    explicit = [name for name in _CONFIG_FLAGS if FLAGS[name].present or name in preset]
+    config = Config(**{name: FLAGS[name].value if FLAGS[name].present else preset.get(name, FLAGS[name].value)
+                       for name in _CONFIG_FLAGS})
     if FLAGS.max_steps is not None and FLAGS.max_steps <= 0:
         raise_config(f"--max_steps must be positive (got {FLAGS.max_steps})")
+    if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
+        raise_config(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
     run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh)
-    result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps)
+    result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
+                         max_minutes=FLAGS.max_minutes)
     if result.get("signum"):
         sys.exit(128 + result["signum"])
 

@@ -30,7 +30,7 @@ class Config:
     val_frac: float = 0.1  # the end of the text held out for validation
     data_sha256: str = ""  # fingerprint of the training text, so a resume reads the same stream
     # Optimisation.
-    num_epochs: int = 20
+    num_epochs: int = 10
     learning_rate: float = 2e-3
     decay_rate: float = 0.97  # learning rate multiplier per epoch
     grad_clip: float = 5.0  # global gradient norm
@@ -38,7 +38,8 @@ class Config:
     seed: int = 0
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = "cell"  # "cell": MultiRNNCell + dynamic_rnn; "layerwise": unrolled, per layer
-    xla: bool = False  # compile the whole training step with XLA
+    xla: bool = True  # compile the whole training step with XLA
+    deterministic: bool = False  # TensorFlow op determinism (bit-identical runs on GPUs too)
     # Bookkeeping.
     print_every: int = 50
     save_every: int = 500

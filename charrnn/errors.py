@@ -15,3 +15,7 @@ class ConfigError(CharRNNError):
 
 class CheckpointError(CharRNNError):
     """A save directory holds no usable checkpoint, or cannot be written."""
+
+
+class TrainingError(CharRNNError):
+    """Training cannot go on (e.g. the loss stopped being finite)."""

@@ -6,9 +6,10 @@ character is predicted from everything before it in its row, not from a fresh st
 """
 import math
 
+from charrnn import checkpoint
 from charrnn.config import load_config
 from charrnn.data import EvalStream, Vocab, format_chars
-from charrnn.errors import CheckpointError, ConfigError, DataError
+from charrnn.errors import ConfigError, DataError
 from charrnn.model import EVAL, CharRNN
 from charrnn.sample import resolve_checkpoint
 from charrnn.tfcompat import load, session_config
@@ -58,18 +59,14 @@ def evaluate_text(save_dir, text, which="auto", skip_unknown=False, batch_size=N
         model = CharRNN(config, EVAL, batch_size=stream.batch_size, seq_length=stream.seq_length)
         # The EVAL graph holds only weights as globals (its state variables are locals), so this
         # restores a subset of a training checkpoint: no Adam slots, no training state.
-        saver = tf1.train.Saver(tf1.global_variables())
+        variables = tf1.global_variables()
+        saver = tf1.train.Saver(variables)
         init_local = tf1.local_variables_initializer()
     graph.finalize()
 
     with tf1.Session(graph=graph, config=session_config(log)) as session:
         session.run(init_local)
-        try:
-            saver.restore(session, path)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as e:
-            first_line = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: does not match {save_dir}/config.json and vocab.json "
-                                  f"({first_line[:200]})")
+        checkpoint.restore(session, saver, variables, path, save_dir)
         if log:
             log(f"restored {path}; scoring {stream.num_targets:,} characters in {stream.batch_size} "
                 f"row(s), {stream.num_batches} window(s) of {stream.seq_length}")

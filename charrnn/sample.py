@@ -11,26 +11,37 @@ from charrnn.model import MAX_CHUNK, SAMPLE, CharRNN
 from charrnn.tfcompat import load, session_config
 
 
-def resolve_checkpoint(save_dir, which="auto"):
-    """The checkpoint prefix for ``which``: auto (best if any, else latest), best, latest or a path."""
+def resolve_checkpoint(save_dir, which="auto", log=None):
+    """The checkpoint prefix for ``which``: auto (best if any, else latest), best, latest or a path.
+
+    Damaged checkpoints are skipped with a warning (see checkpoint.usable_checkpoint).
+    """
     if not os.path.isdir(save_dir):
         raise CheckpointError(f"--save_dir {save_dir}: no such directory; train a model first")
-    best_dir = os.path.join(save_dir, checkpoint.BEST_DIR)
     if which in ("auto", "best"):
-        path = checkpoint.latest_checkpoint(best_dir) if checkpoint.has_checkpoint(best_dir) else None
+        best_dir = os.path.join(save_dir, checkpoint.BEST_DIR)
+        try:
+            path = checkpoint.usable_checkpoint(best_dir, log) if os.path.isdir(best_dir) else None
+        except CheckpointError:
+            if which == "best":
+                raise
+            path = None  # auto: the latest checkpoint is the next best thing
         if path or which == "best":
             if not path:
                 raise CheckpointError(f"{save_dir} has no best checkpoint (it was trained without "
                                       "validation); use --checkpoint latest")
             return path
     if which in ("auto", "latest"):
-        path = checkpoint.latest_checkpoint(save_dir) if checkpoint.has_checkpoint(save_dir) else None
+        path = checkpoint.usable_checkpoint(save_dir, log)
         if not path:
             raise CheckpointError(f"--save_dir {save_dir}: holds no checkpoint; train with "
                                   f"charrnn-train --save_dir {save_dir} first")
         return path
     if not os.path.exists(which + ".index"):
         raise CheckpointError(f"--checkpoint {which}: no such checkpoint (expected {which}.index)")
+    problem = checkpoint.verify(which)
+    if problem:
+        raise CheckpointError(f"--checkpoint {which}: damaged ({problem})")
     return which
 
 
@@ -39,7 +50,7 @@ class Sampler:
 
     def __init__(self, save_dir, which="auto", log=None):
         tf, tf1 = load()
-        self.path = resolve_checkpoint(save_dir, which)
+        self.path = resolve_checkpoint(save_dir, which, log)
         self.config = load_config(save_dir)
         self.vocab = Vocab.load(save_dir)
         if self.config.vocab_size != len(self.vocab):
@@ -48,16 +59,15 @@ class Sampler:
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.model = CharRNN(self.config, SAMPLE)
-            saver = tf1.train.Saver(tf1.global_variables())
+            variables = tf1.global_variables()
+            saver = tf1.train.Saver(variables)
         self.graph.finalize()
         self.session = tf1.Session(graph=self.graph, config=session_config(log))
         try:
-            saver.restore(self.session, self.path)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+            checkpoint.restore(self.session, saver, variables, self.path, save_dir)
+        except CheckpointError:
             self.session.close()
-            first_line = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{self.path}: does not match {save_dir}/config.json and vocab.json "
-                                  f"({first_line[:200]})")
+            raise
         if log:
             log(f"restored {self.path}")
 

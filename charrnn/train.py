@@ -1,5 +1,6 @@
 """The training loop: stateful batches, learning-rate decay, validation, summaries, checkpoints."""
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -9,10 +10,10 @@ import time
 import numpy as np
 
 from charrnn import checkpoint
-from charrnn.config import Config, load_config, save_config
+from charrnn.config import Config, load_config, save_config, write_json_atomic
 from charrnn.data import EvalStream, TextLoader, Vocab, fingerprint, format_chars, read_text_dir, split_ids
-from charrnn.errors import CheckpointError, ConfigError, DataError
-from charrnn.model import EVAL, TRAIN, CharRNN
+from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingError
+from charrnn.model import EVAL, SAMPLE, TRAIN, CharRNN
 from charrnn.tfcompat import load, session_config
 
 LN2 = math.log(2)
@@ -124,8 +125,12 @@ class _Summaries:
     def __init__(self, log_dir, graph):
         _, tf1 = load()
         self._tf1 = tf1
-        self.train = tf1.summary.FileWriter(os.path.join(log_dir, "train"), graph)
-        self.val = tf1.summary.FileWriter(os.path.join(log_dir, "val"))
+        # A per-process suffix: event file names carry only the second they were opened, so a
+        # resume within the same second would otherwise overwrite the previous run's file.
+        suffix = f".{os.getpid()}"
+        self.log_dir = log_dir
+        self.train = tf1.summary.FileWriter(os.path.join(log_dir, "train"), graph, filename_suffix=suffix)
+        self.val = tf1.summary.FileWriter(os.path.join(log_dir, "val"), filename_suffix=suffix)
 
     def scalars(self, writer, step, **values):
         summary = self._tf1.Summary(value=[self._tf1.Summary.Value(tag=k, simple_value=float(v))
@@ -133,15 +138,26 @@ class _Summaries:
         writer.add_summary(summary, step)
         writer.flush()
 
+    def text(self, writer, step, tag, text):
+        """A text summary (TensorBoard's Text tab), as a proto: no graph ops needed."""
+        tf, tf1 = load()
+        value = tf1.Summary.Value(tag=tag)
+        value.metadata.plugin_data.plugin_name = "text"
+        # Markdown: indent by four spaces so line breaks and spacing show as written.
+        value.tensor.CopyFrom(tf.make_tensor_proto("    " + text.replace("\n", "\n    ")))
+        writer.add_summary(tf1.Summary(value=[value]), step)
+        writer.flush()
+
     def close(self):
         self.train.close()
         self.val.close()
 
 
-def train(run, save_dir, log_dir, max_steps=None):
+def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
     """Train (or resume) until ``num_epochs`` are done, patience runs out, or a signal arrives.
 
-    ``max_steps`` stops after that many steps of this invocation (for tests and benchmarks).
+    ``max_steps`` / ``max_minutes`` stop this invocation after that many steps / that much wall
+    time (evaluations included), with a checkpoint, so running again goes on.
     Returns a dict describing how the run ended.
     """
     tf, tf1 = load()
@@ -149,16 +165,20 @@ def train(run, save_dir, log_dir, max_steps=None):
     for note in run.notes:
         log(note)
     checkpoint.prepare_save_dir(save_dir)
-    with checkpoint.SaveDirLock(save_dir):
+    # Signals are caught from here on: a Ctrl-C while the graph builds stops after the first step.
+    with checkpoint.SaveDirLock(save_dir), _StopSignal() as stop:
         if not run.resume:
             checkpoint.remove_run_files(save_dir)
+        if c.deterministic:
+            tf.config.experimental.enable_op_determinism()
         graph = tf.Graph()
         with graph.as_default():
             tf1.set_random_seed(c.seed)
             model = CharRNN(c, TRAIN)
             eval_model = CharRNN(c, EVAL, batch_size=run.val.batch_size) if run.val else None
-            saver = tf1.train.Saver(tf1.global_variables(), max_to_keep=c.max_to_keep,
-                                    save_relative_paths=True)
+            sample_model = CharRNN(c, SAMPLE) if run.val else None
+            variables = tf1.global_variables()
+            saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
             best_saver = tf1.train.Saver(tf1.global_variables(), max_to_keep=1, save_relative_paths=True)
             init_global = tf1.global_variables_initializer()
             init_local = tf1.local_variables_initializer()
@@ -166,24 +186,22 @@ def train(run, save_dir, log_dir, max_steps=None):
 
         with tf1.Session(graph=graph, config=session_config(log)) as session:
             if run.resume:
-                path = checkpoint.latest_checkpoint(save_dir)
+                path = checkpoint.usable_checkpoint(save_dir, log)
                 session.run(init_local)
-                saver.restore(session, path)
+                checkpoint.restore(session, saver, variables, path, save_dir)
                 log(f"resumed from {path}")
             else:
                 session.run([init_global, init_local])
-                run.vocab.save(save_dir)
-            save_config(c, save_dir)
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:
-                with _StopSignal() as stop:
-                    return _loop(session, run, model, eval_model, saver, best_saver, summaries,
-                                 save_dir, stop, max_steps)
+                return _loop(session, run, model, eval_model, sample_model, saver, best_saver,
+                             summaries, save_dir, stop, max_steps, max_minutes)
             finally:
                 summaries.close()
 
 
-def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_dir, stop, max_steps):
+def _loop(session, run, model, eval_model, sample_model, saver, best_saver, summaries, save_dir, stop,
+          max_steps, max_minutes):
     c, loader = run.config, run.train
     step = int(session.run(model.global_step))
     total_steps = c.num_epochs * loader.num_batches
@@ -195,7 +213,7 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
         f"{total_steps} steps; starting at step {step}")
 
     def save():
-        path = saver.save(session, os.path.join(save_dir, checkpoint.CHECKPOINT_PREFIX), global_step=step)
+        path = _save(saver, session, save_dir, step, c, run.vocab)
         log(f"saved {path}")
         return path
 
@@ -203,15 +221,18 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
         nonlocal best, evals_since_best
         val_loss = evaluate(session, eval_model, run.val)
         summaries.scalars(summaries.val, step, loss=val_loss, bits_per_char=val_loss / LN2)
+        summaries.text(summaries.val, step, "sample", _sample_text(session, sample_model, run.vocab, step))
         improved = best is None or val_loss < best[1]
         if improved:
             best = (step, val_loss)
             evals_since_best = 0
             os.makedirs(best_path, exist_ok=True)
-            best_saver.save(session, os.path.join(best_path, checkpoint.CHECKPOINT_PREFIX), global_step=step)
+            _save(best_saver, session, best_path, step)
             _write_best(best_path, step, val_loss)
         else:
             evals_since_best += 1
+        history.append({"minutes": round((time.time() - started) / 60, 2), "step": step,
+                        "val_loss": round(val_loss, 4)})
         log(f"validation at step {step}: {val_loss:.4f} nats/char, {val_loss / LN2:.4f} bits/char"
             + (" (best)" if improved else f" (best {best[1]:.4f} at step {best[0]})"))
         return val_loss
@@ -220,7 +241,7 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
         log(f"nothing to do: step {step} already reaches {c.num_epochs} epochs; raise --num_epochs to go on")
         return {"status": "complete", "step": step}
 
-    losses, norms = [], []
+    losses, norms, history = [], [], []
     started = time.time()
     interval_seconds, interval_steps = 0.0, 0  # time inside training steps only, not eval or saves
     steps_this_run = 0
@@ -239,9 +260,11 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
         _, loss, norm = session.run([model.train_op, model.loss, model.grad_norm],
                                     {model.inputs: x, model.targets: y})
         interval_seconds += time.perf_counter() - step_start
-        if not math.isfinite(loss):
-            raise DataError(f"training diverged: loss is {loss} at step {step + 1}; nothing was saved after "
-                            "the last checkpoint. Lower --learning_rate or --grad_clip and resume")
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            # A non-finite gradient norm means this step's update already spoiled the weights.
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+            raise TrainingError(f"training diverged: {what} at step {step + 1}; nothing was saved "
+                                "after the last checkpoint. Lower --learning_rate or --grad_clip and resume")
         step += 1
         steps_this_run += 1
         interval_steps += 1
@@ -276,10 +299,14 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
         if max_steps is not None and steps_this_run >= max_steps:
             status = "max_steps"
             break
+        if max_minutes is not None and time.time() - started >= 60 * max_minutes:
+            status = "max_minutes"
+            break
         if step % c.save_every == 0 and step < total_steps:
             save()
 
     path = save()
+    _plot(summaries, save_dir)
     minutes = (time.time() - started) / 60
     if status == "interrupted":
         log(f"interrupted by {signal.Signals(stop.signum).name} at step {step}; "
@@ -287,12 +314,50 @@ def _loop(session, run, model, eval_model, saver, best_saver, summaries, save_di
     log(f"{status}: step {step}/{total_steps}, train loss {last_loss:.4f}, {minutes:.1f} min this run"
         + (f", best validation {best[1]:.4f} nats/char at step {best[0]}" if best else ""))
     return {"status": status, "step": step, "loss": float(last_loss), "path": path,
-            "val_loss": val_loss, "best": best, "signum": stop.signum}
+            "val_loss": val_loss, "best": best, "signum": stop.signum, "history": history,
+            "minutes": minutes}
+
+
+def _sample_text(session, model, vocab, step, n=300):
+    """``n`` characters from the current weights, primed with a newline (or the first character)."""
+    prime = [vocab.index.get("\n", 0)]
+    generated = session.run(model.generated, {model.prime: prime, model.num_chars: n, model.seed: step})
+    return vocab.decode(generated)
+
+
+def _save(saver, session, directory, step, config=None, vocab=None):
+    """Saver.save (after config and vocabulary, if given), a failed write made a clear error.
+
+    Config and vocabulary go first (atomic writes), so a checkpoint never exists without them;
+    written only here, a run that fails before its first save changes nothing on disk.
+    TensorFlow writes the new files under temporary names and updates the 'checkpoint' list
+    only after they are complete, so the previous checkpoint stays the one a resume loads.
+    """
+    tf, _ = load()
+    try:
+        if config is not None:
+            save_config(config, directory)
+            vocab.save(directory)
+        return saver.save(session, os.path.join(directory, checkpoint.CHECKPOINT_PREFIX), global_step=step)
+    except (OSError, tf.errors.OpError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"could not save the step-{step} checkpoint in {directory} ({reason}); "
+                              "free disk space and run again: the previous checkpoint is kept")
+
+
+def _plot(summaries, save_dir):
+    """Draw the loss curves into save_dir/loss.png; a failed plot never fails the run."""
+    from charrnn.plot import plot_losses  # matplotlib loads only when a run ends
+
+    summaries.train.flush()
+    summaries.val.flush()
+    try:
+        log(f"plot: {plot_losses(summaries.log_dir, os.path.join(save_dir, 'loss.png'))}")
+    except (CharRNNError, OSError, ValueError) as e:
+        log(f"warning: no loss plot ({e})")
 
 
 def _read_best(best_path):
-    import json
-
     try:
         with open(os.path.join(best_path, "best.json"), encoding="utf-8") as f:
             obj = json.load(f)
@@ -302,8 +367,6 @@ def _read_best(best_path):
 
 
 def _write_best(best_path, step, val_loss):
-    from charrnn.config import write_json_atomic
-
     write_json_atomic(os.path.join(best_path, "best.json"),
                       {"step": step, "val_loss": val_loss, "bits_per_char": val_loss / LN2})
 

@@ -109,17 +109,60 @@ def test_sample_errors(trained):
     ("good", ["--num_epochs", 0], ["--num_epochs must be a positive integer"]),
     ("good", ["--batch_size", -2], ["--batch_size must be a positive integer"]),
     ("good", ["--dropout", 1.0], ["--dropout must be in [0, 1)"]),
+    ("good", ["--dropout", -0.1], ["--dropout must be in [0, 1)"]),
+    ("good", ["--val_frac", -0.1], ["--val_frac must be in [0, 1)"]),
+    ("good", ["--val_frac", 1], ["--val_frac must be in [0, 1)"]),
+    ("good", ["--seq_length", 0], ["--seq_length must be a positive integer"]),
+    ("good", ["--max_steps", 0], ["--max_steps must be positive"]),
+    ("good", ["--grad_clip", 0], ["--grad_clip must be a positive number"]),
+    ("whitespace", [], ["empty or only whitespace"]),
+    ("binary", [], ["bad.txt", "not valid UTF-8"]),
+    ("nul", [], ["bad.txt", "binary file"]),
+    ("one_char", [], ["only 1 distinct character", "nothing to learn"]),
+    ("is_file", [], ["is a file, not a directory"]),
+    ("good", ["--save_dir", "UNDER_FILE"], ["not writable"]),
 ])
 def test_train_bad_input(tmp_path, make, args, fragments):
     data = tmp_path / "data"
     contents = {"empty_text": b"", "latin1": "caf\u00e9 noir".encode("latin-1"),
-                "short": b"abcdefghij" * 3, "good": TEXT.encode()}
-    if make is not None:
+                "short": b"abcdefghij" * 3, "good": TEXT.encode(), "whitespace": b" \n\t\r\n  ",
+                "binary": bytes(range(256)) * 40, "nul": b"text\x00with\x00nul bytes" * 50,
+                "one_char": b"a" * 1000}
+    if make == "is_file":
+        data.write_text(TEXT)
+    elif make is not None:
         data.mkdir()
         if make in contents:
-            (data / ("bad.txt" if make == "latin1" else "t.txt")).write_bytes(contents[make])
+            bad = make in ("latin1", "binary", "nul")
+            (data / ("bad.txt" if bad else "t.txt")).write_bytes(contents[make])
     save = tmp_path / "save"
+    (tmp_path / "a_file").write_text("x")
+    args = [tmp_path / "a_file" / "save" if a == "UNDER_FILE" else a for a in args]
     result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
                      tmp_path / "logs", "--val_frac", 0, *TINY, *args)
     _one_error_line(result, *fragments)
     assert not save.exists() or not list(save.iterdir())
+
+
+def test_accepted_inputs_are_logged(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_bytes(b"\xef\xbb\xbf" + TEXT.replace("\n", "\r\n").encode() + b"line\r\n" * 40)
+    save = tmp_path / "save"
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
+                     tmp_path / "logs", "--val_frac", 0, "--max_steps", 2, *TINY)
+    assert result.returncode == 0, result.stderr
+    assert "CRLF line ends" in result.stderr and "validation: off (--val_frac 0)" in result.stderr
+    import json
+
+    chars = json.load(open(save / "vocab.json"))["chars"]
+    assert "\r" in chars and "\ufeff" not in chars  # CRLF kept as characters, the BOM stripped
+    only_prime = run_cli("charrnn-sample", "--save_dir", save, "--prime", "Now", "--n", 0)
+    assert only_prime.returncode == 0 and only_prime.stdout == "Now\n"
+    import subprocess
+
+    from conftest import command
+
+    drawn = subprocess.run([command("charrnn-sample"), "--save_dir", str(save), "--prime", "", "--n", "12"],
+                           capture_output=True)  # bytes: the text may hold \r, which text mode rewrites
+    assert drawn.returncode == 0 and len(drawn.stdout.decode("utf-8")) == 13
