@@ -222,7 +222,7 @@ def _define_plot_flags():
     flags.DEFINE_string("log_dir", "logs", "TensorBoard folder written by charrnn-train "
                         "(runs 'train' and 'val').")
     flags.DEFINE_string("out", "loss.png", "PNG file to write (replaced atomically).")
-    flags.DEFINE_float("smoothing", 0.9, "Exponential smoothing of the train loss, in [0, 1) like "
+    flags.DEFINE_float("smoothing", 0.6, "Exponential smoothing of the train loss, in [0, 1) like "
                        "TensorBoard's slider but two-sided (no lag); 0 draws no smoothed line.")
 
 

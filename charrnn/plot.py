@@ -79,7 +79,7 @@ def smooth(values, weight):
     return ((m2 * t0 - m1 * u1) / (s0 * m2 - m1 * m1)).tolist()
 
 
-def plot_losses(log_dir, out_path, smoothing=0.9):
+def plot_losses(log_dir, out_path, smoothing=0.6):
     """Draw train loss (raw and smoothed), validation loss and learning rate against step.
 
     Reads ``log_dir/train`` and ``log_dir/val``; writes ``out_path`` as a PNG atomically and
