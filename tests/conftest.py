@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from charrnn.config import Config
@@ -44,6 +45,30 @@ def command(name):
 def run_cli(name, *args, cwd=None, timeout=300):
     return subprocess.run([command(name), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+def checkpoint_tensors(path):
+    """{variable name: value} of the checkpoint at ``path`` (a prefix, or a directory's latest)."""
+    from charrnn.tfcompat import load
+
+    tf, _ = load()
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def assert_identical(a, b):
+    """Two checkpoints' tensors are equal bit for bit."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def make_data_dir(root, text, name="t.txt"):
+    """root/data holding one text file; returns the folder as a string."""
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    (data / name).write_text(text)
+    return str(data)
 
 
 def snapshot(directory):

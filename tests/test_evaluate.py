@@ -12,7 +12,7 @@ from charrnn.errors import ConfigError, DataError
 from charrnn.evaluate import evaluate_text
 from charrnn.sample import resolve_checkpoint
 from charrnn.tfcompat import load
-from conftest import run_cli, tiny_config
+from conftest import make_data_dir, run_cli, tiny_config
 
 TEXT = "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. " * 6
 VAL_FRAC = 0.2
@@ -21,11 +21,10 @@ VAL_FRAC = 0.2
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    (root / "data").mkdir()
-    (root / "data" / "t.txt").write_text(TEXT)
+    data = make_data_dir(root, TEXT)
     save = str(root / "save")
     config = tiny_config(val_frac=VAL_FRAC, eval_every=5)
-    run = trainer.prepare(config, str(root / "data"), save)
+    run = trainer.prepare(config, data, save)
     trainer.train(run, save, str(root / "logs"), max_steps=10)
     return root, save, run.config
 

@@ -6,7 +6,7 @@ import pytest
 from charrnn import train as trainer
 from charrnn.plot import PlotError, plot_losses, read_scalars, smooth
 from charrnn.tfcompat import load
-from conftest import run_cli, tiny_config
+from conftest import make_data_dir, run_cli, tiny_config
 
 TEXT = "Once more unto the breach, dear friends, once more; or close the wall up with our English dead. " * 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -16,10 +16,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def logs(tmp_path_factory):
     """The log dir of a real tiny training run with validation points."""
     root = tmp_path_factory.mktemp("plot")
-    (root / "data").mkdir()
-    (root / "data" / "t.txt").write_text(TEXT)
+    data = make_data_dir(root, TEXT)
     config = tiny_config(val_frac=0.2, eval_every=4, print_every=1, num_epochs=3, decay_rate=0.8)
-    run = trainer.prepare(config, str(root / "data"), str(root / "save"))
+    run = trainer.prepare(config, data, str(root / "save"))
     trainer.train(run, str(root / "save"), str(root / "logs"))
     return root / "logs", run.train.num_batches * 3
 

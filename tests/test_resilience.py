@@ -7,29 +7,16 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from charrnn import checkpoint
 from charrnn import train as trainer
 from charrnn.errors import CheckpointError, ConfigError, TrainingError
 from charrnn.tfcompat import load
-from conftest import command, run_cli, snapshot, tiny_config
+from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, snapshot, tiny_config
 
 TEXT = "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar, not to praise him. " * 12
 TINY = ["--hidden_size", 16, "--num_layers", 2, "--batch_size", 4, "--seq_length", 8, "--val_frac", 0]
-
-
-def _weights(prefix_or_dir):
-    tf, _ = load()
-    reader = tf.train.load_checkpoint(prefix_or_dir)
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
-
-
-def _assert_identical(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        assert np.array_equal(a[name], b[name]), name
 
 
 @pytest.mark.parametrize("dropout, extra", [(0.0, []), (0.3, ["--deterministic"])])
@@ -58,18 +45,16 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, dropout, extra):
                       tmp_path / "logs")
     assert resumed.returncode == 0, resumed.stderr
     assert "starting at step 10" in resumed.stderr
-    _assert_identical(_weights(str(save)), _weights(str(tmp_path / "ref")))
+    assert_identical(checkpoint_tensors(str(save)), checkpoint_tensors(str(tmp_path / "ref")))
 
 
 def _trained(tmp_path, steps=6, save_every=2, **overrides):
-    data = tmp_path / "data"
-    data.mkdir(exist_ok=True)
-    (data / "t.txt").write_text(TEXT)
+    data = make_data_dir(tmp_path, TEXT)
     save = str(tmp_path / "save")
     config = tiny_config(save_every=save_every, num_epochs=3, **overrides)
-    run = trainer.prepare(config, str(data), save)
+    run = trainer.prepare(config, data, save)
     trainer.train(run, save, str(tmp_path / "logs"), max_steps=steps)
-    return str(data), save, config
+    return data, save, config
 
 
 def _damage(prefix, how):

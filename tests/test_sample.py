@@ -5,7 +5,7 @@ import pytest
 from charrnn import train as trainer
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.sample import Sampler
-from conftest import tiny_config
+from conftest import make_data_dir, tiny_config
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 6
 
@@ -13,11 +13,10 @@ TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mi
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
-    (root / "data").mkdir()
-    (root / "data" / "t.txt").write_text(TEXT)
+    data = make_data_dir(root, TEXT)
     save = str(root / "save")
     config = tiny_config(hidden_size=32, num_layers=2, num_epochs=8, val_frac=0.1, eval_every=20)
-    trainer.train(trainer.prepare(config, str(root / "data"), save), save, str(root / "logs"))
+    trainer.train(trainer.prepare(config, data, save), save, str(root / "logs"))
     sampler = Sampler(save)
     yield save, sampler
     sampler.close()

@@ -3,14 +3,13 @@ import glob
 import json
 import os
 
-import numpy as np
 import pytest
 
 from charrnn import train as trainer
 from charrnn.config import load_config
 from charrnn.errors import ConfigError
 from charrnn.tfcompat import load
-from conftest import snapshot, tiny_config
+from conftest import assert_identical, checkpoint_tensors, snapshot, tiny_config
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, " * 8
 
@@ -18,12 +17,6 @@ TEXT = "It is a truth universally acknowledged, that a single man in possession 
 def _train(config, data_dir, save_dir, log_dir, explicit=(), **kw):
     run = trainer.prepare(config, data_dir, save_dir, explicit)
     return run, trainer.train(run, save_dir, log_dir, **kw)
-
-
-def _variables(save_dir):
-    tf, _ = load()
-    reader = tf.train.load_checkpoint(save_dir)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
 def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_path):
@@ -35,21 +28,19 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
     k = batches + 5  # the interruption falls mid-way through epoch 1
     first = trainer.train(run, save, logs, max_steps=k)
     assert first["status"] == "max_steps" and first["step"] == k
-    saved = _variables(save)
+    saved = checkpoint_tensors(save)
     assert saved["model/global_step"] == k
     assert saved["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
 
     run2, second = _train(config, data, save, logs, max_steps=1)
     assert run2.resume and second["step"] == k + 1
-    after = _variables(save)
+    after = checkpoint_tensors(save)
     assert after["model/global_step"] == k + 1
     assert after["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
     # Data position and state: the step after the resume is exactly the uninterrupted run's step.
     reference = str(tmp_path / "reference")
     trainer.train(trainer.prepare(config, data, reference), reference, logs, max_steps=k + 1)
-    expected = _variables(reference)
-    for name in expected:
-        np.testing.assert_allclose(after[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_identical(after, checkpoint_tensors(reference))
 
     # Run to the end: the total step count is num_epochs * batches, as if never interrupted.
     _, last = _train(config, data, save, logs)
@@ -63,10 +54,7 @@ def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path):
     _train(config, data, str(tmp_path / "a"), str(tmp_path / "la"))
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"), max_steps=7)
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"))
-    a, b = _variables(str(tmp_path / "a")), _variables(str(tmp_path / "b"))
-    assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_identical(checkpoint_tensors(str(tmp_path / "a")), checkpoint_tensors(str(tmp_path / "b")))
 
 
 def test_incompatible_resume_is_refused_naming_each_value_and_nothing_changes(write_data, tmp_path):
