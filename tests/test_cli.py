@@ -53,11 +53,14 @@ def test_train_resumes_when_run_again(trained):
     assert "starting at step" in result.stderr
 
 
-def test_sigterm_saves_and_exits(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_saves_and_exits(tmp_path, signame):
     import signal
     import subprocess
     import time
     from conftest import command
+
+    signum = getattr(signal, signame)
 
     data = tmp_path / "data"
     data.mkdir()
@@ -72,10 +75,10 @@ def test_sigterm_saves_and_exits(tmp_path):
         line = proc.stdout.readline()
         if line.startswith("step "):
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
-    assert "Traceback" not in err and "interrupted by SIGTERM" in err
+    assert proc.returncode == 128 + signum
+    assert "Traceback" not in err and f"interrupted by {signame}" in err
     assert list(save.glob("model.ckpt-*.index"))
 
 
@@ -166,3 +169,18 @@ def test_accepted_inputs_are_logged(tmp_path):
     drawn = subprocess.run([command("charrnn-sample"), "--save_dir", str(save), "--prime", "", "--n", "12"],
                            capture_output=True)  # bytes: the text may hold \r, which text mode rewrites
     assert drawn.returncode == 0 and len(drawn.stdout.decode("utf-8")) == 13
+
+
+def test_more_than_65535_distinct_characters_train_and_sample(tmp_path):
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 20000)] + [chr(c) for c in range(0x20000, 0x20000 + 50000)]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_text("".join(chars) * 2)  # 70,000 distinct characters: 32-bit ids
+    save = tmp_path / "save"
+    result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir", tmp_path / "logs",
+                     "--hidden_size", 8, "--num_layers", 1, "--batch_size", 4, "--seq_length", 8,
+                     "--val_frac", 0, "--max_steps", 2)
+    assert result.returncode == 0, result.stderr
+    out = run_cli("charrnn-sample", "--save_dir", save, "--prime", chars[-1], "--n", 20)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.rstrip("\n")) == 21 and set(out.stdout.rstrip("\n")) <= set(chars)

@@ -128,12 +128,3 @@ def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tm
             np.testing.assert_allclose(value, ref_weights[name], rtol=1e-4, atol=1e-5,
                                        err_msg=f"{impl} xla={xla}: {name}")
 
-
-def test_more_than_65535_distinct_characters_train(write_data, tmp_path):
-    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 20000)] + [chr(c) for c in range(0x20000, 0x20000 + 50000)]
-    text = "".join(chars) * 2  # 70,000 distinct characters, ids need 32 bits
-    config = tiny_config(hidden_size=8, batch_size=4, seq_length=8)
-    run = trainer.prepare(config, write_data(text), str(tmp_path / "s"))
-    assert run.config.vocab_size == 70000 and run.vocab.id_dtype == np.uint32
-    result = trainer.train(run, str(tmp_path / "s"), str(tmp_path / "l"), max_steps=2)
-    assert result["step"] == 2 and math.isfinite(result["loss"])
