@@ -4,7 +4,10 @@ import fcntl
 import glob
 import os
 
+import numpy as np
+
 from charrnn.errors import CheckpointError
+from charrnn.tfcompat import load  # imports TensorFlow only when called
 
 CHECKPOINT_PREFIX = "model.ckpt"
 BEST_DIR = "best"
@@ -20,8 +23,6 @@ def has_checkpoint(directory):
 def _candidates(directory):
     """Checkpoint prefixes in ``directory``, newest first: those the state file lists, then any
     other ``model.ckpt-STEP.index`` on disk (the state file itself may be the damaged part)."""
-    from charrnn.tfcompat import load
-
     tf, _ = load()
     listed = []
     try:
@@ -44,10 +45,6 @@ def _candidates(directory):
 def verify(prefix):
     """None if every tensor of checkpoint ``prefix`` reads back intact (TensorFlow checks each
     tensor's CRC32C) and is finite; otherwise a short description of the damage."""
-    from charrnn.tfcompat import load
-
-    import numpy as np
-
     tf, _ = load()
     if not os.path.exists(prefix + ".index"):
         return "its .index file is missing"
@@ -90,8 +87,6 @@ def restore(session, saver, variables, path, save_dir):
     Resource variables accept an assignment of another shape, so without this check a checkpoint
     of another vocabulary or size would load as garbage instead of failing.
     """
-    from charrnn.tfcompat import load
-
     tf, _ = load()
     shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
     problems = []
