@@ -95,19 +95,20 @@ def memory(data_dir, save_dir, args):
     the run, to show whether memory grows with the number of steps.
     """
     bindir = os.path.dirname(sys.executable)
-    proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
-                             "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"), "--fresh",
-                             "--max_steps", str(args.memory_steps), "--hidden_size", str(args.hidden_size),
-                             "--print_every", "100", "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    progress = os.path.join(os.path.dirname(save_dir), "memory-progress.txt")
+    with open(progress, "w") as out:
+        proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
+                                 "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
+                                 "--fresh", "--max_steps", str(args.memory_steps),
+                                 "--hidden_size", str(args.hidden_size), "--print_every", "100",
+                                 "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                                stdout=out, stderr=subprocess.DEVNULL)
     samples, peak = [], 0
-    step = 0
-    os.set_blocking(proc.stdout.fileno(), False)
     while proc.poll() is None:
         time.sleep(1)
-        for line in (proc.stdout.read() or "").splitlines():
-            if line.startswith("step "):
-                step = int(line.split()[1].split("/")[0])
+        with open(progress) as f:
+            steps = [line.split()[1].split("/")[0] for line in f if line.startswith("step ")]
+        step = int(steps[-1]) if steps else 0
         try:
             with open(f"/proc/{proc.pid}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
