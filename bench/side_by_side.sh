@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Training chars/s of charrnn's graphs and the PyTorch reference, alternated, several rounds.
+# usage: bench/side_by_side.sh DATA [ROUNDS] [TORCH_PYTHON]
+#   TORCH_PYTHON: a python with torch==2.13.0 and numpy (a separate venv); default: python3
+# Prints one line per run; take the median per row (the machine is shared and noisy).
+set -euo pipefail
+data=$1; rounds=${2:-3}; torch_python=${3:-python3}
+here=$(cd "$(dirname "$0")" && pwd)
+reference=$here/../../shared/bench/torch_lstm.py
+for round in $(seq "$rounds"); do
+  for hidden in 256 512; do
+    steps=$([ "$hidden" = 256 ] && echo 40 || echo 20)
+    echo "round $round hidden $hidden torch $("$torch_python" "$reference" "$data" --hidden "$hidden" --steps "$steps")"
+    for graph in "cell" "cell --xla" "layerwise --xla"; do
+      # shellcheck disable=SC2086
+      result=$(python "$here/speed.py" --data "$data" --hidden_size "$hidden" --rnn_impl $graph \
+               --skip_startup --steps "$steps" 2>/dev/null | tail -1)
+      echo "round $round hidden $hidden charrnn[$graph] $result"
+    done
+  done
+done
