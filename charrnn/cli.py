@@ -81,7 +81,7 @@ def _define_train_flags():
     flags.DEFINE_integer("max_to_keep", d.max_to_keep, "Latest checkpoints to keep.")
     flags.DEFINE_enum("rnn_impl", d.rnn_impl, ["cell", "layerwise"],
                       "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' computes the "
-                      "same LSTM one layer at a time, unrolled (faster; same checkpoints).")
+                      "same LSTM one layer at a time (faster; same checkpoints).")
     flags.DEFINE_boolean("xla", d.xla, "Compile the whole training step with XLA (--noxla: don't).")
     flags.DEFINE_boolean("deterministic", d.deterministic, "Use TensorFlow's op determinism, so "
                          "a resumed run is bit-identical on any device (on CPUs it already is).")

@@ -37,7 +37,7 @@ class Config:
     dropout: float = 0.0  # drop probability on the LSTM inputs and outputs, training only
     seed: int = 0
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
-    rnn_impl: str = "cell"  # "cell": MultiRNNCell + dynamic_rnn; "layerwise": unrolled, per layer
+    rnn_impl: str = "cell"  # "cell": MultiRNNCell + dynamic_rnn; "layerwise": one layer at a time
     xla: bool = True  # compile the whole training step with XLA
     deterministic: bool = False  # TensorFlow op determinism (bit-identical runs on GPUs too)
     # Bookkeeping.

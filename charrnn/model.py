@@ -26,6 +26,18 @@ def sequence_loss(logits, targets, weights):
     return loss_sum / tf.maximum(weight_sum, 1e-12), loss_sum, weight_sum
 
 
+def lstm_update(gates, cell):
+    """LSTMCell's state update from its pre-activations (B, 4H): gates i, j, f, o, forget bias 1.
+
+    The layerwise training graph and the sampler use it on LSTMCell's own variables, so their
+    math is the cell's exactly (tests compare both against it).
+    """
+    tf, _ = load()
+    i, j, f, o = tf.split(gates, 4, axis=1)
+    cell = tf.sigmoid(f + 1.0) * cell + tf.sigmoid(i) * tf.tanh(j)
+    return cell, tf.sigmoid(o) * tf.tanh(cell)
+
+
 def _masked_cell_class():
     """A DropoutWrapper subclass that applies a precomputed per-step mask to its cell's output.
 
@@ -189,7 +201,7 @@ class CharRNN:
         return kernels, biases
 
     def _layerwise(self, ids, embedding, initial_state, input_mask, masks):
-        """The same LSTM stack, computed one layer at a time with the time loop unrolled.
+        """The same LSTM stack, computed one layer at a time (a while_loop over time per layer).
 
         Exactly the math of LSTMCell (gates i, j, f, o; forget bias 1; tanh) on the same variables,
         so checkpoints are shared with the MultiRNNCell graph. What it saves: each layer's input
@@ -213,10 +225,7 @@ class CharRNN:
             steps = tf.TensorArray(tf.float32, size=T).unstack(tf.transpose(projected, [1, 0, 2]))
 
             def body(t, cell, hidden, outputs, steps=steps, recurrent=recurrent):
-                gates = steps.read(t) + tf.matmul(hidden, recurrent)  # (B, 4H)
-                i, j, f, o = tf.split(gates, 4, axis=1)
-                cell = tf.sigmoid(f + 1.0) * cell + tf.sigmoid(i) * tf.tanh(j)
-                hidden = tf.sigmoid(o) * tf.tanh(cell)
+                cell, hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)  # (B, H)
                 return t + 1, cell, hidden, outputs.write(t, hidden)
 
             _, cell, hidden, outputs = tf.while_loop(
@@ -264,11 +273,10 @@ class CharRNN:
         _, state = tf1.nn.dynamic_rnn(self._cell, context, initial_state=self.initial_state)
         flat_state = tf.nest.flatten(state)
         kernels, biases = self._lstm_weights()
-        # Split each kernel into its input and recurrent halves once, outside the loop: a slice
-        # inside the compiled loop is copied on every iteration.
-        input_weights = [tf.identity(k[:H]) for k in kernels]  # (H, 4H) each
-        recurrent_weights = [tf.identity(k[H:]) for k in kernels]  # (H, 4H) each
-        table = tf.matmul(embedding, input_weights[0])  # (V, 4H): embedding @ W_x of layer 0
+        # Layer 0's kernel is split once, outside the loop (a slice inside the compiled loop is
+        # copied on every iteration); the deeper layers use their whole kernel on [x, h].
+        recurrent_weights0 = tf.identity(kernels[0][H:])  # (H, 4H)
+        table = tf.matmul(embedding, kernels[0][:H])  # (V, 4H): embedding @ W_x of layer 0
 
         def generate(prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, *flat):
             def body(i, prev, state, generated):
@@ -281,10 +289,8 @@ class CharRNN:
                     if layer > 0:
                         gates = tf.matmul(tf.concat([x, h], 1), kernels[layer]) + biases[layer]
                     else:
-                        gates = x + tf.matmul(h, recurrent_weights[layer]) + biases[layer]  # (1, 4H)
-                    i_gate, j, f, o = tf.split(gates, 4, axis=1)
-                    c = tf.sigmoid(f + 1.0) * c + tf.sigmoid(i_gate) * tf.tanh(j)
-                    x = tf.sigmoid(o) * tf.tanh(c)
+                        gates = x + tf.matmul(h, recurrent_weights0) + biases[layer]  # (1, 4H)
+                    c, x = lstm_update(gates, c)
                     new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
                 state = tuple(new_state)
                 logits = project(x) / tf.maximum(temperature, 1e-6)  # (1, V)

@@ -179,7 +179,7 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             sample_model = CharRNN(c, SAMPLE) if run.val else None
             variables = tf1.global_variables()
             saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
-            best_saver = tf1.train.Saver(tf1.global_variables(), max_to_keep=1, save_relative_paths=True)
+            best_saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
             init_global = tf1.global_variables_initializer()
             init_local = tf1.local_variables_initializer()
         graph.finalize()  # every op exists now; the loop must not add any
