@@ -278,12 +278,13 @@ class CharRNN:
         recurrent_weights0 = tf.identity(kernels[0][H:])  # (H, 4H)
         table = tf.matmul(embedding, kernels[0][:H])  # (V, 4H): embedding @ W_x of layer 0
 
-        def generate(prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, *flat):
-            def body(i, prev, state, generated):
+        def generate(filtered, prev, num_chars, noise, temperature, top_k, top_p, *flat):
+            inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
+
+            def body(i, x, state, generated):
                 # LSTMCell's math on its own variables, with the first layer's input projection
                 # a row of `table`: at batch 1 the step is bound by reading weights, so this
                 # saves a quarter of the bytes per character.
-                x = tf.gather(table, prev)  # (1, 4H)
                 new_state = []
                 for layer, (c, h) in enumerate(state):
                     if layer > 0:
@@ -293,33 +294,46 @@ class CharRNN:
                     c, x = lstm_update(gates, c)
                     new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
                 state = tuple(new_state)
-                logits = project(x) / tf.maximum(temperature, 1e-6)  # (1, V)
-                logits = tf.cond(tf.logical_or(top_k > 0, top_p < 1.0),
-                                 lambda: filter_logits(logits, top_k, top_p), lambda: logits)
-                # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), and
-                # unlike stateless_categorical it compiles with XLA.
-                uniform = tf.random.stateless_uniform(
-                    tf.shape(logits), tf.stack([seed, offset + tf.cast(i, tf.int64)]),
-                    minval=1e-20, maxval=1.0)
-                draw = tf.argmax(logits - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
-                nxt = tf.where(greedy, tf.argmax(logits, -1, output_type=tf.int32), draw)  # (1,)
+                logits = project(x) * inverse_temperature  # (1, V)
+                if filtered:
+                    logits = filter_logits(logits, top_k, top_p)
+                nxt = tf.argmax(logits + noise[i], -1, output_type=tf.int32)  # (1,)
                 generated = tf.tensor_scatter_nd_update(generated, [[i]], nxt)
-                return i + 1, nxt, state, generated
+                return i + 1, tf.gather(table, nxt), state, generated
 
             state = tf.nest.pack_sequence_as(zero, list(flat))
             _, _, state, generated = tf.while_loop(
                 lambda i, *_: i < num_chars, body,
-                [tf.constant(0), prev, state, tf.zeros([MAX_CHUNK], tf.int32)],
+                [tf.constant(0), tf.gather(table, prev), state, tf.zeros([MAX_CHUNK], tf.int32)],
                 maximum_iterations=MAX_CHUNK)
             return [generated] + tf.nest.flatten(state)
 
-        results = tf1.xla.experimental.compile(
-            generate, [tf.reshape(self.prime[-1:], [1]), self.num_chars, self.seed, self.offset, self.temperature,
-                       self.top_k, self.top_p, self.greedy] + flat_state)
-        self.generated = results[0][:self.num_chars]  # (num_chars,)
-        # The final state has consumed everything but the last generated character: feed that
-        # character as the next chunk's one-character prime with this state.
-        self.final_state = tf.nest.pack_sequence_as(zero, results[1:])
+        # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), and unlike
+        # stateless_categorical it compiles with XLA. The noise for absolute position p is row
+        # p % MAX_CHUNK of a block keyed by (seed, p // MAX_CHUNK), so it depends on (seed, p)
+        # alone and generating in chunks gives the same text as one run; a chunk spans at most
+        # two blocks. It is drawn before the loop by TensorFlow's own kernels: XLA's CPU log costs
+        # more per character than the rest of the sampling. Greedy scales it to 0, and
+        # argmax(logits + 0) = argmax(logits).
+        V = self.config.vocab_size
+        block = self.offset // MAX_CHUNK
+        uniform = tf.concat([tf.random.stateless_uniform([MAX_CHUNK, V], tf.stack([self.seed, block + b]),
+                                                         minval=1e-20, maxval=1.0)
+                             for b in (0, 1)], 0)  # (2 * MAX_CHUNK, V)
+        start = tf.cast(self.offset % MAX_CHUNK, tf.int32)
+        noise = tf.where(self.greedy, 0.0, 1.0) * -tf.math.log(-tf.math.log(uniform[start:start + MAX_CHUNK]))
+        inputs = [tf.reshape(self.prime[-1:], [1]), self.num_chars, noise,
+                  self.temperature, self.top_k, self.top_p] + flat_state
+        # Two compiled loops, so the common case pays nothing per character for top-k/top-p:
+        # `generated` draws from the whole (tempered) distribution, `generated_filtered` applies
+        # filter_logits first. XLA compiles each on its first use only.
+        for suffix, filtered in (("", False), ("_filtered", True)):
+            results = tf1.xla.experimental.compile(
+                lambda *args, filtered=filtered: generate(filtered, *args), inputs)
+            # (num_chars,). The final state has consumed everything but the last generated
+            # character: feed that character as the next chunk's one-character prime with it.
+            setattr(self, "generated" + suffix, results[0][:self.num_chars])
+            setattr(self, "final_state" + suffix, tf.nest.pack_sequence_as(zero, results[1:]))
 
 
 def filter_logits(logits, top_k, top_p):

@@ -95,12 +95,16 @@ class Sampler:
         state, offset = None, 0
         settings = {m.seed: seed, m.temperature: temperature, m.top_k: top_k, m.top_p: top_p,
                     m.greedy: greedy}
+        # The filtering loop only when asked: it sorts the vocabulary for every character.
+        filtered = top_k > 0 or top_p < 1.0
+        fetches = ([m.generated_filtered, _flatten(m.final_state_filtered)] if filtered
+                   else [m.generated, _flatten(m.final_state)])
         while offset < n:
             count = min(chunk_size, MAX_CHUNK, n - offset)
             feed = {m.prime: ids, m.num_chars: count, m.offset: offset, **settings}
             if state is not None:
                 feed.update(zip(_flatten(m.initial_state), state))
-            generated, state = self.session.run([m.generated, _flatten(m.final_state)], feed)
+            generated, state = self.session.run(fetches, feed)
             yield self.vocab.decode(generated)
             ids = generated[-1:]
             offset += count

@@ -41,15 +41,15 @@ def test_chunked_generation_equals_one_run(trained):
         assert text(sampler, "the ", 90, seed=7, chunk_size=chunk) == whole
 
 
-def test_greedy_matches_a_numpy_lstm_reading_the_same_weights(trained):
-    """The in-graph loop against an independent per-character forward pass in numpy."""
+def numpy_lstm(sampler):
+    """An independent per-character forward pass in numpy on the checkpoint's weights:
+    returns step(char_id) -> logits, carrying its own state."""
     from charrnn.tfcompat import load
 
-    save, sampler = trained
     tf, _ = load()
     reader = tf.train.load_checkpoint(sampler.path)
     w = {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
-    vocab, config = sampler.vocab, sampler.config
+    config = sampler.config
     H = config.hidden_size
     state = [(np.zeros(H), np.zeros(H)) for _ in range(config.num_layers)]
 
@@ -67,6 +67,13 @@ def test_greedy_matches_a_numpy_lstm_reading_the_same_weights(trained):
             x = h
         return x @ w["model/softmax_w"] + w["model/softmax_b"]
 
+    return step
+
+
+def test_greedy_matches_a_numpy_lstm_reading_the_same_weights(trained):
+    """The in-graph loop against an independent per-character forward pass in numpy."""
+    _, sampler = trained
+    vocab, step = sampler.vocab, numpy_lstm(sampler)
     prime, n = "whether ", 60
     for ch in prime:
         logits = step(vocab.index[ch])
@@ -76,6 +83,45 @@ def test_greedy_matches_a_numpy_lstm_reading_the_same_weights(trained):
         expected += vocab.chars[nxt]
         logits = step(nxt)
     assert text(sampler, prime, n, greedy=True) == expected
+
+
+def test_draws_follow_the_tempered_and_filtered_softmax(trained):
+    """The sampler's RNG differs from a per-character loop's, so check the distribution: the
+    first character after a prime, over 600 seeds, against numpy's softmax(logits / T)."""
+    _, sampler = trained
+    vocab, step = sampler.vocab, numpy_lstm(sampler)
+    prime, draws, temperature = "the question", 600, 2.0
+    for ch in prime:
+        logits = step(vocab.index[ch]) / temperature
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    assert p.max() < 0.9, "the check needs a spread-out distribution"
+
+    def frequencies(**kw):
+        counts = np.zeros(len(vocab))
+        for seed in range(draws):
+            counts[vocab.index[text(sampler, prime, 1, seed=seed, temperature=temperature, **kw)[-1]]] += 1
+        return counts / draws
+
+    tolerance = 4 * np.sqrt(p * (1 - p) / draws) + 0.01  # about 4 standard errors
+    assert np.all(np.abs(frequencies() - p) <= tolerance)
+    top2 = np.argsort(-p)[:2]
+    p2 = np.zeros_like(p)
+    p2[top2] = p[top2] / p[top2].sum()
+    assert np.all(np.abs(frequencies(top_k=2) - p2) <= 4 * np.sqrt(p2 * (1 - p2) / draws) + 0.01)
+
+
+def test_chunks_across_the_noise_block_boundary_equal_one_run(trained):
+    """Random draws come in blocks of MAX_CHUNK positions; a chunk straddling two blocks must
+    still get each position's own draw."""
+    from charrnn.model import MAX_CHUNK
+
+    _, sampler = trained
+    n = MAX_CHUNK + 40
+    whole = text(sampler, "the ", n, seed=11)
+    assert text(sampler, "the ", n, seed=11, chunk_size=1000) == whole
+    assert text(sampler, "the ", n, seed=11, chunk_size=MAX_CHUNK - 3) == whole
+    assert whole != text(sampler, "the ", n, seed=12)
 
 
 def test_top_k_one_equals_greedy_and_top_p_filters(trained):
