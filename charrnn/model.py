@@ -38,6 +38,98 @@ def lstm_update(gates, cell):
     return cell, tf.sigmoid(o) * tf.tanh(cell)
 
 
+def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
+    """One LSTM layer over time: projected (T, B, 4H) input pre-activations (bias included),
+    recurrent (H, 4H), initial state (B, H) each -> outputs (T, B, H), final cell, final hidden.
+
+    With ``recurrent_t`` (recurrent transposed, (4H, H)) the gradient is written out instead of
+    derived by TensorFlow from the loop: a reverse loop carries (dh, dc) and multiplies by
+    ``recurrent_t`` (a plain product; TF's derived loop multiplies by the transpose in place, half
+    as fast on a CPU under XLA), and the recurrent weights' gradient is one (H, T*B) @ (T*B, 4H)
+    product after the loop instead of a small product plus a running sum at every time step.
+    The math is lstm_update's; tests compare every gradient with TensorFlow's own.
+    """
+    tf, _ = load()
+    T = tf.shape(projected)[0]
+    steps = tf.TensorArray(tf.float32, size=T).unstack(projected)
+
+    if recurrent_t is None:
+        def body(t, cell, hidden, outputs):
+            cell, hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)
+            return t + 1, cell, hidden, outputs.write(t, hidden)
+
+        _, cell, hidden, outputs = tf.while_loop(
+            lambda t, *_: t < T, body, [tf.constant(0), cell, hidden, tf.TensorArray(tf.float32, size=T)])
+        return outputs.stack(), cell, hidden
+
+    @tf.custom_gradient
+    def layer(projected, recurrent, recurrent_t, cell0, hidden0):
+        def body(t, cell, hidden, outputs, cells, activations):
+            i, j, f, o = tf.split(steps.read(t) + tf.matmul(hidden, recurrent), 4, axis=1)
+            i, j, f, o = tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + 1.0), tf.sigmoid(o)
+            cell = f * cell + i * j
+            hidden = o * tf.tanh(cell)
+            return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
+                    activations.write(t, tf.concat([i, j, f, o], 1)))
+
+        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(3)]
+        _, cell, hidden, outputs, cells, activations = tf.while_loop(
+            lambda t, *_: t < T, body, [tf.constant(0), cell0, hidden0] + arrays)
+        outputs, cells, activations = outputs.stack(), cells.stack(), activations.stack()
+
+        def grad(d_outputs, d_cell, d_hidden):
+            d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
+            d_cell = tf.zeros_like(cell0) if d_cell is None else d_cell
+            d_hidden = tf.zeros_like(hidden0) if d_hidden is None else d_hidden
+            previous_cells = tf.concat([cell0[None], cells[:-1]], 0)  # (T, B, H)
+            tanh_cells = tf.tanh(cells)
+            d_steps = tf.TensorArray(tf.float32, size=T)
+
+            def back(k, d_hidden, d_cell, d_steps):
+                t = T - 1 - k
+                i, j, f, o = tf.split(activations[t], 4, axis=1)
+                d_h = d_outputs[t] + d_hidden
+                tanh_c = tanh_cells[t]
+                d_c = d_cell + d_h * o * (1.0 - tanh_c * tanh_c)
+                d_gates = tf.concat([d_c * j * i * (1.0 - i), d_c * i * (1.0 - j * j),
+                                     d_c * previous_cells[t] * f * (1.0 - f),
+                                     d_h * tanh_c * o * (1.0 - o)], 1)  # (B, 4H)
+                return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f, d_steps.write(t, d_gates)
+
+            _, d_hidden, d_cell, d_steps = tf.while_loop(
+                lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps])
+            d_steps = d_steps.stack()  # (T, B, 4H): the gradient of `projected`
+            previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
+            H = tf.shape(hidden0)[1]
+            d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
+                                    tf.reshape(d_steps, [-1, 4 * H]), transpose_a=True)
+            return d_steps, d_recurrent, None, d_cell, d_hidden
+
+        return (outputs, cell, hidden), grad
+
+    return layer(projected, recurrent, recurrent_t, cell, hidden)
+
+
+def matmul_pretransposed(x, w, w_t):
+    """x (..., K) @ w (K, N), whose input gradient multiplies by ``w_t`` = w^T, a separate input:
+    under XLA on a CPU a product with a transposed operand runs at about half speed."""
+    tf, _ = load()
+
+    @tf.custom_gradient
+    def product(x, w, w_t):
+        K, N = tf.shape(w)[0], tf.shape(w)[1]
+        flat = tf.reshape(x, [-1, K])
+
+        def grad(dy):
+            dy = tf.reshape(dy, [-1, N])
+            return (tf.reshape(tf.matmul(dy, w_t), tf.shape(x)),
+                    tf.matmul(flat, dy, transpose_a=True), None)
+
+        return tf.reshape(tf.matmul(flat, w), tf.concat([tf.shape(x)[:-1], [N]], 0)), grad
+
+    return product(x, w, w_t)
+
+
 def _masked_cell_class():
     """A DropoutWrapper subclass that applies a precomputed per-step mask to its cell's output.
 
@@ -123,11 +215,15 @@ class CharRNN:
                 self._new_lr = tf1.placeholder(tf.float32, [], "new_learning_rate")
                 self._lr_update = self.lr.assign(self._new_lr)
 
-            def step(inputs, targets, weights, *masks):
+            masks = self._dropout_masks(dropout)
+            transposed = self._transposed_kernels() if mode == TRAIN and c.rnn_impl == "layerwise" else []
+
+            def step(inputs, targets, weights, *extra):
                 """One batch: forward, loss, state update and (TRAIN) the clipped Adam update."""
                 initial_state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(cv.read_value(), hv.read_value())
                                       for cv, hv in self._state_vars)
-                outputs, final_state = self._forward(inputs, embedding, initial_state, *masks)
+                outputs, final_state = self._forward(inputs, embedding, initial_state,
+                                                     *extra[:len(masks)], transposed=extra[len(masks):])
                 logits = project(outputs)  # (B, T, V)
                 loss, loss_sum, weight_sum = sequence_loss(logits, targets, weights)
                 update_state = [v.assign(t) for pair, s in zip(self._state_vars, final_state)
@@ -137,6 +233,7 @@ class CharRNN:
                         return [tf.identity(t) for t in (loss, loss_sum, weight_sum, logits)]
                 params = tf1.trainable_variables()
                 grads = tf.gradients(loss, params)
+                self.gradients = dict(zip((p.op.name for p in params), grads))  # for tests (no XLA)
                 clipped, grad_norm = tf.clip_by_global_norm(grads, c.grad_clip)
                 apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
                     zip(clipped, params), global_step=self.global_step)
@@ -145,7 +242,10 @@ class CharRNN:
 
             # Dropout masks are made outside the (possibly XLA-compiled) step: XLA's stateless
             # random numbers differ from the CPU kernel's, and the masks must not depend on the path.
-            feeds = [self.inputs, self.targets, self.weights] + self._dropout_masks(dropout)
+            # The layerwise backward pass multiplies by transposed kernels; they are made here, as
+            # inputs, because inside XLA a transpose folds into the product and that product runs
+            # at half speed on the CPU.
+            feeds = [self.inputs, self.targets, self.weights] + masks + transposed
             if c.xla and mode == TRAIN:
                 # Compile the whole step (forward, backward, clipping, Adam) into one XLA cluster:
                 # one kernel launch per step instead of thousands of small ops.
@@ -176,12 +276,12 @@ class CharRNN:
         masks = tf.cast(tf.random.stateless_uniform([B, T, L, H], out_seed) < keep, tf.float32) / keep
         return [input_mask, masks]
 
-    def _forward(self, ids, embedding, initial_state, input_mask=None, masks=None):
+    def _forward(self, ids, embedding, initial_state, input_mask=None, masks=None, transposed=()):
         """Embedding and the LSTM stack: (B, T) ids -> (B, T, H) outputs, final state per layer."""
         tf, tf1 = load()
         c = self.config
         if c.rnn_impl == "layerwise":
-            return self._layerwise(ids, embedding, initial_state, input_mask, masks)
+            return self._layerwise(ids, embedding, initial_state, input_mask, masks, transposed)
         inputs = tf.nn.embedding_lookup(embedding, ids)  # (B, T, H)
         if masks is not None:
             inputs = (inputs * input_mask, masks)
@@ -200,45 +300,50 @@ class CharRNN:
                 biases.append(tf1.get_variable("bias", [4 * H], initializer=tf1.zeros_initializer()))
         return kernels, biases
 
-    def _layerwise(self, ids, embedding, initial_state, input_mask, masks):
+    def _transposed_kernels(self):
+        """[W_h^T of each layer] + [W_x^T of each layer but the first], for the layerwise backward."""
+        tf, _ = load()
+        H = self.config.hidden_size
+        kernels, _ = self._lstm_weights()
+        return ([tf.transpose(k[H:]) for k in kernels] + [tf.transpose(k[:H]) for k in kernels[1:]])
+
+    def _layerwise(self, ids, embedding, initial_state, input_mask, masks, transposed=()):
         """The same LSTM stack, computed one layer at a time (a while_loop over time per layer).
 
         Exactly the math of LSTMCell (gates i, j, f, o; forget bias 1; tanh) on the same variables,
         so checkpoints are shared with the MultiRNNCell graph. What it saves: each layer's input
         projection is one large matmul over all B*T positions instead of T small ones, and for the
-        first layer without input dropout it is a row lookup in embedding @ W_x, (V, 4H).
+        first layer without input dropout it is a row lookup in embedding @ W_x, (V, 4H). When
+        training (``transposed`` given), each layer's backward pass is written out (see
+        :func:`lstm_layer`): weight gradients are one large matmul after the loop instead of one
+        small matmul and a running sum per time step. Works time-major: (T, B, ...).
         """
         tf, tf1 = load()
         c = self.config
-        T, H, L = self.seq_length, c.hidden_size, c.num_layers
+        H, L = c.hidden_size, c.num_layers
         kernels, biases = self._lstm_weights()
+        transposed = list(transposed) or None
+        ids = tf.transpose(ids)  # (T, B)
         if input_mask is None:
             table = tf.matmul(embedding, kernels[0][:H])  # (V, 4H)
-            projected = tf.nn.embedding_lookup(table, ids)  # (B, T, 4H)
+            projected = tf.nn.embedding_lookup(table, ids)  # (T, B, 4H)
         else:
-            inputs = tf.nn.embedding_lookup(embedding, ids) * input_mask  # (B, T, H)
-            projected = tf.tensordot(inputs, kernels[0][:H], 1)  # (B, T, 4H)
+            inputs = tf.nn.embedding_lookup(embedding, ids) * tf.transpose(input_mask, [1, 0, 2])
+            projected = tf.tensordot(inputs, kernels[0][:H], 1)  # (T, B, 4H)
         final_state = []
         for layer in range(L):
-            projected = projected + biases[layer]
-            recurrent = kernels[layer][H:]  # (H, 4H)
-            steps = tf.TensorArray(tf.float32, size=T).unstack(tf.transpose(projected, [1, 0, 2]))
-
-            def body(t, cell, hidden, outputs, steps=steps, recurrent=recurrent):
-                cell, hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)  # (B, H)
-                return t + 1, cell, hidden, outputs.write(t, hidden)
-
-            _, cell, hidden, outputs = tf.while_loop(
-                lambda t, *_: t < T, body,
-                [tf.constant(0), *initial_state[layer], tf.TensorArray(tf.float32, size=T)],
-                maximum_iterations=T)
+            recurrent_t = transposed[layer] if transposed else None
+            output, cell, hidden = lstm_layer(projected + biases[layer], kernels[layer][H:], recurrent_t,
+                                              *initial_state[layer])  # (T, B, H)
             final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
-            output = tf.transpose(outputs.stack(), [1, 0, 2])  # (B, T, H)
             if masks is not None:
-                output = output * masks[:, :, layer]
+                output = output * tf.transpose(masks[:, :, layer], [1, 0, 2])
             if layer + 1 < L:
-                projected = tf.tensordot(output, kernels[layer + 1][:H], 1)  # (B, T, 4H)
-        return output, tuple(final_state)
+                if transposed:
+                    projected = matmul_pretransposed(output, kernels[layer + 1][:H], transposed[L + layer])
+                else:
+                    projected = tf.tensordot(output, kernels[layer + 1][:H], 1)  # (T, B, 4H)
+        return tf.transpose(output, [1, 0, 2]), tuple(final_state)
 
     def assign_lr(self, session, value):
         session.run(self._lr_update, {self._new_lr: value})

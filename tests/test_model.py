@@ -128,3 +128,36 @@ def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tm
             np.testing.assert_allclose(value, ref_weights[name], rtol=1e-4, atol=1e-5,
                                        err_msg=f"{impl} xla={xla}: {name}")
 
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_layerwise_written_out_gradients_equal_tensorflows(write_data, tmp_path, dropout):
+    """The layerwise graph's hand-written backward pass (lstm_layer, matmul_pretransposed) gives
+    every variable the gradient TensorFlow derives for the MultiRNNCell graph, from a carried
+    (non-zero) state, with and without dropout."""
+    tf, tf1 = load()
+    config = tiny_config(hidden_size=16, num_layers=3, dropout=dropout)
+    save = str(tmp_path / "save")
+    run = trainer.prepare(config, write_data("a quick brown fox jumps over the lazy dog. " * 10), save)
+    trainer.train(run, save, str(tmp_path / "logs"), max_steps=3)
+    x, y = run.train.batch(3)
+
+    def gradients(rnn_impl):
+        import dataclasses
+
+        graph = tf.Graph()
+        with graph.as_default():
+            model = CharRNN(dataclasses.replace(run.config, rnn_impl=rnn_impl, xla=False), TRAIN)
+            saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as session:
+            saver.restore(session, tf.train.latest_checkpoint(save))
+            names = sorted(model.gradients)
+            values = session.run([tf.convert_to_tensor(model.gradients[n]) for n in names],
+                                 {model.inputs: x, model.targets: y})
+        return dict(zip(names, values))
+
+    reference, layerwise = gradients("cell"), gradients("layerwise")
+    assert reference.keys() == layerwise.keys() and len(reference) == 3 + 2 * 3
+    for name, value in reference.items():
+        assert np.abs(value).max() > 0, name
+        np.testing.assert_allclose(layerwise[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
