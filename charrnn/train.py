@@ -14,7 +14,7 @@ from charrnn.config import Config, load_config, save_config, write_json_atomic
 from charrnn.data import EvalStream, TextLoader, Vocab, fingerprint, format_chars, read_text_dir, split_ids
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingError
 from charrnn.model import EVAL, SAMPLE, TRAIN, CharRNN
-from charrnn.tfcompat import load, session_config
+from charrnn.tfcompat import load, release_free_memory, session_config
 
 LN2 = math.log(2)
 
@@ -222,6 +222,7 @@ def _loop(session, run, model, eval_model, sample_model, saver, best_saver, summ
         val_loss = evaluate(session, eval_model, run.val)
         summaries.scalars(summaries.val, step, loss=val_loss, bits_per_char=val_loss / LN2)
         summaries.text(summaries.val, step, "sample", _sample_text(session, sample_model, run.vocab, step))
+        release_free_memory()  # the sampler's first run compiles it
         improved = best is None or val_loss < best[1]
         if improved:
             best = (step, val_loss)
@@ -260,6 +261,8 @@ def _loop(session, run, model, eval_model, sample_model, saver, best_saver, summ
         _, loss, norm = session.run([model.train_op, model.loss, model.grad_norm],
                                     {model.inputs: x, model.targets: y})
         interval_seconds += time.perf_counter() - step_start
+        if steps_this_run == 0:
+            release_free_memory()  # what compiling the step used and freed
         if not (math.isfinite(loss) and math.isfinite(norm)):
             # A non-finite gradient norm means this step's update already spoiled the weights.
             what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
