@@ -81,20 +81,23 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
             d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
             d_cell = tf.zeros_like(cell0) if d_cell is None else d_cell
             d_hidden = tf.zeros_like(hidden0) if d_hidden is None else d_hidden
+            # Everything that does not depend on the carried (dh, dc) is computed for all time
+            # steps at once, so the reverse loop is one product and one small fusion per step.
             previous_cells = tf.concat([cell0[None], cells[:-1]], 0)  # (T, B, H)
             tanh_cells = tf.tanh(cells)
+            i, j, f, o = tf.split(activations, 4, axis=2)
+            h_to_c = o * (1.0 - tanh_cells * tanh_cells)  # dc += dh * h_to_c
+            # d_gates = [dc, dc, dc, dh] * local, the activations' derivatives times their partners
+            local = tf.concat([j * i * (1.0 - i), i * (1.0 - j * j), previous_cells * f * (1.0 - f),
+                               tanh_cells * o * (1.0 - o)], 2)  # (T, B, 4H)
             d_steps = tf.TensorArray(tf.float32, size=T)
 
             def back(k, d_hidden, d_cell, d_steps):
                 t = T - 1 - k
-                i, j, f, o = tf.split(activations[t], 4, axis=1)
                 d_h = d_outputs[t] + d_hidden
-                tanh_c = tanh_cells[t]
-                d_c = d_cell + d_h * o * (1.0 - tanh_c * tanh_c)
-                d_gates = tf.concat([d_c * j * i * (1.0 - i), d_c * i * (1.0 - j * j),
-                                     d_c * previous_cells[t] * f * (1.0 - f),
-                                     d_h * tanh_c * o * (1.0 - o)], 1)  # (B, 4H)
-                return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f, d_steps.write(t, d_gates)
+                d_c = d_cell + d_h * h_to_c[t]
+                d_gates = tf.concat([d_c, d_c, d_c, d_h], 1) * local[t]  # (B, 4H)
+                return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f[t], d_steps.write(t, d_gates)
 
             _, d_hidden, d_cell, d_steps = tf.while_loop(
                 lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps])
