@@ -130,11 +130,68 @@ def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tm
 
 
 
+def _reference_gradients(config, checkpoint_path, x, y):
+    """Loss gradients of a plain TF1 graph written here from stock parts (MultiRNNCell of
+    LSTMCells, dynamic_rnn, TensorFlow's own derived gradients), on the checkpoint's weights and
+    carried state: the reference for charrnn's training graphs."""
+    tf, tf1 = load()
+    H, L, V = config.hidden_size, config.num_layers, config.vocab_size
+    graph = tf.Graph()
+    with graph.as_default(), tf1.variable_scope("model"):
+        embedding = tf1.get_variable("embedding", [V, H])
+        softmax_w = tf1.get_variable("softmax_w", [H, V])
+        softmax_b = tf1.get_variable("softmax_b", [V])
+        state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(
+            *(tf1.get_variable(f"train_state/layer_{l}/{part}", [config.batch_size, H], trainable=False)
+              for part in ("c", "h"))) for l in range(L))
+        cell = tf1.nn.rnn_cell.MultiRNNCell([tf1.nn.rnn_cell.LSTMCell(H) for _ in range(L)])
+        outputs, _ = tf1.nn.dynamic_rnn(cell, tf.nn.embedding_lookup(embedding, x), initial_state=state)
+        logits = tf.tensordot(outputs, softmax_w, 1) + softmax_b
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+        params = tf1.trainable_variables()
+        grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
+        saver = tf1.train.Saver(tf1.global_variables())
+    with tf1.Session(graph=graph) as session:
+        saver.restore(session, checkpoint_path)
+        return dict(zip((p.op.name for p in params), session.run(grads)))
+
+
+@pytest.mark.parametrize("rnn_impl", ["cell", "layerwise"])
+def test_training_graph_gradients_equal_tensorflows_derived_ones(write_data, tmp_path, rnn_impl):
+    """Every variable's gradient in charrnn's training graphs equals the stock graph's, from a
+    carried (non-zero) state, with 3 layers: for layerwise, whose backward pass is written out
+    (lstm_layer, matmul_pretransposed), and for the default graph and its state variables."""
+    import dataclasses
+
+    tf, tf1 = load()
+    config = tiny_config(hidden_size=16, num_layers=3)
+    save = str(tmp_path / "save")
+    run = trainer.prepare(config, write_data("a quick brown fox jumps over the lazy dog. " * 10), save)
+    trainer.train(run, save, str(tmp_path / "logs"), max_steps=3)
+    x, y = run.train.batch(3)
+    path = tf.train.latest_checkpoint(save)
+    reference = _reference_gradients(run.config, path, x, y)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        model = CharRNN(dataclasses.replace(run.config, rnn_impl=rnn_impl, xla=False), TRAIN)
+        saver = tf1.train.Saver()
+    with tf1.Session(graph=graph) as session:
+        saver.restore(session, path)
+        names = sorted(model.gradients)
+        values = session.run([tf.convert_to_tensor(model.gradients[n]) for n in names],
+                             {model.inputs: x, model.targets: y})
+    gradients = dict(zip(names, values))
+    assert gradients.keys() == reference.keys() and len(reference) == 3 + 2 * 3
+    for name, value in reference.items():
+        assert np.abs(value).max() > 0, name
+        np.testing.assert_allclose(gradients[name], value, rtol=1e-4, atol=1e-6, err_msg=f"{rnn_impl}: {name}")
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_layerwise_written_out_gradients_equal_tensorflows(write_data, tmp_path, dropout):
-    """The layerwise graph's hand-written backward pass (lstm_layer, matmul_pretransposed) gives
-    every variable the gradient TensorFlow derives for the MultiRNNCell graph, from a carried
-    (non-zero) state, with and without dropout."""
+def test_layerwise_gradients_equal_the_cell_graphs_with_and_without_dropout(write_data, tmp_path, dropout):
+    """The layerwise graph's written-out backward pass gives every variable the gradient of the
+    MultiRNNCell graph, from a carried (non-zero) state, with and without dropout masks."""
     tf, tf1 = load()
     config = tiny_config(hidden_size=16, num_layers=3, dropout=dropout)
     save = str(tmp_path / "save")
