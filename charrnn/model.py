@@ -26,16 +26,24 @@ def sequence_loss(logits, targets, weights):
     return loss_sum / tf.maximum(weight_sum, 1e-12), loss_sum, weight_sum
 
 
+def lstm_activations(gates):
+    """LSTMCell's gate activations from its pre-activations (B, 4H): input i, candidate j,
+    forget f (forget bias 1) and output o, each (B, H)."""
+    tf, _ = load()
+    i, j, f, o = tf.split(gates, 4, axis=1)
+    return tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + 1.0), tf.sigmoid(o)
+
+
 def lstm_update(gates, cell):
-    """LSTMCell's state update from its pre-activations (B, 4H): gates i, j, f, o, forget bias 1.
+    """LSTMCell's state update from its pre-activations (B, 4H): the new (cell, hidden).
 
     The layerwise training graph and the sampler use it on LSTMCell's own variables, so their
     math is the cell's exactly (tests compare both against it).
     """
     tf, _ = load()
-    i, j, f, o = tf.split(gates, 4, axis=1)
-    cell = tf.sigmoid(f + 1.0) * cell + tf.sigmoid(i) * tf.tanh(j)
-    return cell, tf.sigmoid(o) * tf.tanh(cell)
+    i, j, f, o = lstm_activations(gates)
+    cell = f * cell + i * j
+    return cell, o * tf.tanh(cell)
 
 
 def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
@@ -65,9 +73,8 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
     @tf.custom_gradient
     def layer(projected, recurrent, recurrent_t, cell0, hidden0):
         def body(t, cell, hidden, outputs, cells, activations):
-            i, j, f, o = tf.split(steps.read(t) + tf.matmul(hidden, recurrent), 4, axis=1)
-            i, j, f, o = tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + 1.0), tf.sigmoid(o)
-            cell = f * cell + i * j
+            i, j, f, o = lstm_activations(steps.read(t) + tf.matmul(hidden, recurrent))
+            cell = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
             hidden = o * tf.tanh(cell)
             return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
                     activations.write(t, tf.concat([i, j, f, o], 1)))
