@@ -47,10 +47,12 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
     assert last["status"] == "complete" and last["step"] == 3 * batches
 
 
-def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path):
-    """With dropout off and a seed, stopping and resuming changes nothing (same weights)."""
+@pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3}])
+def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path, graph):
+    """With a seed, stopping and resuming changes nothing (same weights): for the default graph,
+    and for layerwise under XLA with dropout, whose backward pass is written out."""
     data = write_data(TEXT)
-    config = tiny_config(num_epochs=2)
+    config = tiny_config(num_epochs=2, **graph)
     _train(config, data, str(tmp_path / "a"), str(tmp_path / "la"))
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"), max_steps=7)
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"))
