@@ -52,8 +52,8 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
 
     With ``recurrent_t`` (recurrent transposed, (4H, H)) the gradient is written out instead of
     derived by TensorFlow from the loop: a reverse loop carries (dh, dc) and multiplies by
-    ``recurrent_t`` (a plain product; TF's derived loop multiplies by the transpose in place, half
-    as fast on a CPU under XLA), and the recurrent weights' gradient is one (H, T*B) @ (T*B, 4H)
+    ``recurrent_t`` (a plain product; TF's derived loop multiplies by the transpose in place, which
+    XLA runs 25-50% slower on this CPU), and the recurrent weights' gradient is one (H, T*B) @ (T*B, 4H)
     product after the loop instead of a small product plus a running sum at every time step.
     The math is lstm_update's; tests compare every gradient with TensorFlow's own.
     """
@@ -122,7 +122,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
 
 def matmul_pretransposed(x, w, w_t):
     """x (..., K) @ w (K, N), whose input gradient multiplies by ``w_t`` = w^T, a separate input:
-    under XLA on a CPU a product with a transposed operand runs at about half speed."""
+    under XLA on a CPU a product with a transposed operand runs 25-50% slower."""
     tf, _ = load()
 
     @tf.custom_gradient
@@ -254,7 +254,7 @@ class CharRNN:
             # random numbers differ from the CPU kernel's, and the masks must not depend on the path.
             # The layerwise backward pass multiplies by transposed kernels; they are made here, as
             # inputs, because inside XLA a transpose folds into the product and that product runs
-            # at half speed on the CPU.
+            # 25-50% slower on the CPU.
             feeds = [self.inputs, self.targets, self.weights] + masks + transposed
             if c.xla and mode == TRAIN:
                 # Compile the whole step (forward, backward, clipping, Adam) into one XLA cluster:
