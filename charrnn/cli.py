@@ -152,8 +152,10 @@ def _sample_main():
         raise_config("; ".join(problems))
 
     from charrnn.sample import Sampler
+    from charrnn.tfcompat import use_sampling_xla_flags
     from charrnn.train import log
 
+    use_sampling_xla_flags()  # before anything is compiled: XLA reads its flags once
     sampler = Sampler(FLAGS.save_dir, FLAGS.checkpoint, log=log)
     pieces = sampler.generate(FLAGS.prime, FLAGS.n, seed=FLAGS.seed,
                               temperature=FLAGS.temperature or 1.0, top_k=FLAGS.top_k,

@@ -7,6 +7,7 @@ never have to set anything.
 """
 import contextlib
 import os
+import re
 import sys
 import warnings
 
@@ -48,6 +49,36 @@ def load():
         tf.compat.v1.enable_resource_variables()
         _tf = tf
     return _tf, _tf.compat.v1
+
+
+# XLA code-generation options for sampling, where each character at batch 1 is a matrix-vector
+# product per layer bound by reading the weights (3 MB per character at 2x256): with 512-bit
+# vectors and a vector-product tiling factor of 4 (XLA's default is 8) the generation loop runs
+# about 6% faster on the AVX-512 CPU we measure on. Training's step was no faster with them (and
+# the default graph at 512 slightly slower), so only sampling processes ask for them.
+SAMPLING_XLA_FLAGS = ("--xla_cpu_prefer_vector_width=512",
+                      "--xla_backend_extra_options=xla_llvm_dot_tiling_factor=4")
+_SAMPLING_XLA_FLAGS_CHECKED = ((2, 16), (2, 21))  # TensorFlow versions known to accept them
+
+
+def use_sampling_xla_flags():
+    """Add SAMPLING_XLA_FLAGS to the XLA_FLAGS environment variable; return the flags added.
+
+    XLA reads XLA_FLAGS once, at the process's first compilation, so this must run before it
+    (charrnn-sample calls it first thing). A flag the user already set keeps the user's value.
+    XLA aborts the process on a flag it does not know, so nothing is added on TensorFlow versions
+    outside those checked.
+    """
+    tf, _ = load()
+    version = tuple(int(part) for part in re.findall(r"\d+", tf.__version__)[:2])
+    low, high = _SAMPLING_XLA_FLAGS_CHECKED
+    if not low <= version <= high:
+        return []
+    current = os.environ.get("XLA_FLAGS", "")
+    added = [flag for flag in SAMPLING_XLA_FLAGS if flag.split("=")[0] not in current]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([current] + added).strip()
+    return added
 
 
 def release_free_memory():

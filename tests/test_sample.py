@@ -1,4 +1,6 @@
 """Sampling from a trained save directory: determinism, prime handling, the in-graph loop."""
+import os
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,22 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
         Sampler(str(tmp_path / "missing"))
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         Sampler(str(tmp_path / "empty"))
+
+
+def test_sampling_xla_flags_join_the_users_own(monkeypatch):
+    from charrnn import tfcompat
+
+    tf, _ = tfcompat.load()
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    added = tfcompat.use_sampling_xla_flags()
+    if not added:  # a TensorFlow outside the versions checked: nothing is risked
+        assert "XLA_FLAGS" not in os.environ
+        pytest.skip(f"sampling XLA flags are not used with TensorFlow {tf.__version__}")
+    assert added == list(tfcompat.SAMPLING_XLA_FLAGS)
+    assert os.environ["XLA_FLAGS"].split() == added
+    assert tfcompat.use_sampling_xla_flags() == []  # once is enough
+    # A flag the user set keeps the user's value; the others are still added.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256 --xla_dump_to=/tmp/x")
+    assert tfcompat.use_sampling_xla_flags() == [tfcompat.SAMPLING_XLA_FLAGS[1]]
+    assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_prefer_vector_width=256", "--xla_dump_to=/tmp/x",
+                                               tfcompat.SAMPLING_XLA_FLAGS[1]]
