@@ -58,7 +58,8 @@ def load():
 # the default graph at 512 slightly slower), so only sampling processes ask for them.
 SAMPLING_XLA_FLAGS = ("--xla_cpu_prefer_vector_width=512",
                       "--xla_backend_extra_options=xla_llvm_dot_tiling_factor=4")
-_SAMPLING_XLA_FLAGS_CHECKED = ((2, 16), (2, 21))  # TensorFlow versions known to accept them
+# Run on 2.21 only (XLA has had both flags for years); a newer TensorFlow gets them once checked.
+_SAMPLING_XLA_FLAGS_CHECKED = ((2, 16), (2, 21))
 
 
 def use_sampling_xla_flags():
