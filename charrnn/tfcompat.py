@@ -53,9 +53,9 @@ def load():
 
 # XLA code-generation options for sampling, where each character at batch 1 is a matrix-vector
 # product per layer bound by reading the weights (3 MB per character at 2x256): with 512-bit
-# vectors and a vector-product tiling factor of 4 (XLA's default is 8) the generation loop runs
-# about 6% faster on the AVX-512 CPU we measure on. Training's step was no faster with them (and
-# the default graph at 512 slightly slower), so only sampling processes ask for them.
+# vectors and a vector-product tiling factor of 4 (XLA's default is 8) generation ran 6-10% faster
+# in alternated runs on the AVX-512 CPU we measure on (README). Training's step was no faster with
+# them (and the default graph at 512 slightly slower), so only sampling processes ask for them.
 SAMPLING_XLA_FLAGS = ("--xla_cpu_prefer_vector_width=512",
                       "--xla_backend_extra_options=xla_llvm_dot_tiling_factor=4")
 # Run on 2.21 only (XLA has had both flags for years); a newer TensorFlow gets them once checked.
