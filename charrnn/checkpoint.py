@@ -28,8 +28,8 @@ def _candidates(directory):
     try:
         state = tf.train.get_checkpoint_state(directory)
         if state:
-            listed = [p if os.path.isabs(p) else os.path.join(directory, p)
-                      for p in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]]
+            # get_checkpoint_state already joins relative entries to ``directory``.
+            listed = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
     except Exception:  # a truncated or garbled 'checkpoint' text file: fall back to the files
         listed = []
     on_disk = [path[:-len(".index")] for path in glob.glob(os.path.join(directory, CHECKPOINT_PREFIX + "-*.index"))]
