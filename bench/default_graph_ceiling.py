@@ -1,9 +1,11 @@
 """Experiment: how fast could the default graph (MultiRNNCell of LSTMCells via dynamic_rnn) get
 if the kernel's per-step gradient were taken out of TensorFlow's derived backward loop?
 
-usage: python bench/default_graph_ceiling.py [--hidden_size 256] [--rounds 6] [--window 5]
+usage: python bench/default_graph_ceiling.py [--rounds 6] [--window 5]
+       [charrnn-train's config flags: --hidden_size 512 --noxla ...]
 
-Builds three training graphs in one process, all compiled whole with XLA:
+Builds three training graphs of charrnn-train's configuration (its flags and defaults; the
+default graph is --rnn_impl cell, compiled whole with XLA) in one process:
 - ``stock``: charrnn's default graph, unchanged;
 - ``rewritten``: LSTMCell.call rewritten in plain ops with the same math (a control: the
   rewrite alone should change nothing);
@@ -15,18 +17,26 @@ Builds three training graphs in one process, all compiled whole with XLA:
 Windows of ``--window`` steps alternate between the graphs for ``--rounds`` rounds on a random
 batch; prints one JSON line with each graph's median ms/step and chars/s.
 """
-import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
 
+from absl import flags
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from charrnn.config import Config  # noqa: E402
+from charrnn.cli import config_from_flags, define_config_flags, run_command  # noqa: E402
+from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TRAIN, CharRNN  # noqa: E402
 from charrnn.tfcompat import load, session_config  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("rounds", 6, "Timed rounds, each running every graph for one window.")
+flags.DEFINE_integer("window", 5, "Training steps per graph per round.")
+define_config_flags()
 
 
 def rewritten_call(stop_kernel_gradient):
@@ -45,15 +55,20 @@ def rewritten_call(stop_kernel_gradient):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden_size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--window", type=int, default=5)
-    args = parser.parse_args()
+    config, _ = config_from_flags(None)
+    problems = config.problems()
+    if config.rnn_impl != "cell":  # the layerwise graph never calls LSTMCell.call
+        problems.append(f"--rnn_impl {config.rnn_impl}: this experiment rewrites LSTMCell, which "
+                        "only --rnn_impl cell uses")
+    for name in ("rounds", "window"):
+        if FLAGS[name].value <= 0:
+            problems.append(f"--{name} must be a positive integer (got {FLAGS[name].value})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    config = dataclasses.replace(config, vocab_size=65)
     tf, tf1 = load()
     import numpy as np
 
-    config = Config(hidden_size=args.hidden_size, vocab_size=65, rnn_impl="cell", xla=True)
     cell_class = tf1.nn.rnn_cell.LSTMCell
     stock_call = cell_class.call
     graphs = {}
@@ -73,16 +88,18 @@ def main():
     rng = np.random.RandomState(0)
     feed = rng.randint(0, 65, (config.batch_size, config.seq_length + 1))
     times = {name: [] for name in graphs}
-    for round_ in range(args.rounds + 1):  # round 0 compiles and warms up
+    for round_ in range(FLAGS.rounds + 1):  # round 0 compiles and warms up
         for name, (session, model) in graphs.items():
             fd = {model.inputs: feed[:, :-1], model.targets: feed[:, 1:]}
             t0 = time.perf_counter()
-            for _ in range(args.window):
+            for _ in range(FLAGS.window):
                 session.run(model.train_op, fd)
             if round_:
-                times[name].append((time.perf_counter() - t0) / args.window)
+                times[name].append((time.perf_counter() - t0) / FLAGS.window)
     chars = config.batch_size * config.seq_length
-    result = {"hidden_size": args.hidden_size, "rounds": args.rounds}
+    result = {"config": {k: getattr(config, k) for k in
+                         ("hidden_size", "num_layers", "batch_size", "seq_length", "xla")},
+              "rounds": FLAGS.rounds}
     for name, ts in times.items():
         ms = 1000 * statistics.median(ts)
         result[name] = {"ms_per_step": round(ms, 1), "chars_per_sec": round(chars / ms * 1000)}
@@ -91,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "bench/default_graph_ceiling.py")

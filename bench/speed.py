@@ -1,17 +1,20 @@
 """Speed and memory of charrnn on this machine; prints one JSON object.
 
-usage: python bench/speed.py --data FILE [--hidden_size 256] [--steps 60] [--rnn_impl cell]
-       [--xla] [--skip_startup] [--memory_steps 0]
+usage: python bench/speed.py --data FILE [--steps 60] [--skip_startup] [--skip_sampling]
+       [--memory_steps 0] [--preset NAME]
+       [charrnn-train's config flags: --hidden_size 256 --rnn_impl layerwise --noxla ...]
+
+The configuration is charrnn-train's (the same flags, defaults and --preset), so with --data
+alone this measures what a plain ``charrnn-train`` trains: the default graph, cell with XLA.
 
 - training: chars/sec and ms/step of the training step (median of 10-step windows after
   10 warm-up steps), measured in-process on the real CharRNN graph;
 - sampling: chars/sec of the in-graph sampler generating 20,000 characters (4,096 per
   session.run; median of 3), in a fresh process with charrnn-sample's XLA flags;
-- startup: seconds from launching charrnn-train to its first finished step, and from launching
-  charrnn-sample --n 500 to its exit;
+- startup: seconds from launching charrnn-train (given every config flag) to its first finished
+  step, and from launching charrnn-sample --n 500 to its exit;
 - memory: peak RSS of a charrnn-train subprocess run for --memory_steps steps (0: skip).
 """
-import argparse
 import json
 import os
 import shutil
@@ -21,13 +24,26 @@ import sys
 import tempfile
 import time
 
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
-from charrnn.config import Config  # noqa: E402
+from charrnn.cli import (config_argv, config_from_flags, define_config_flags,  # noqa: E402
+                         define_preset_flag, run_command)
+from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TRAIN, CharRNN  # noqa: E402
 from charrnn.tfcompat import load, session_config  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "UTF-8 text file to train on (required).")
+flags.DEFINE_integer("steps", 60, "Training steps timed after 10 warm-up steps.")
+flags.DEFINE_boolean("skip_startup", False, "Skip the start-up times (and sampling, which samples "
+                     "the checkpoint the start-up run writes).")
+flags.DEFINE_boolean("skip_sampling", False, "Skip the sampling speed.")
+flags.DEFINE_integer("memory_steps", 0, "Steps of the charrnn-train run whose RSS is sampled; 0 skips it.")
+define_preset_flag()
+define_config_flags()
 
 
 def training_speed(run, steps):
@@ -79,14 +95,13 @@ def _sample_only(save_dir, n=20000):
     print(round(statistics.median(runs)))
 
 
-def startup(data_dir, save_dir, args):
+def startup(data_dir, save_dir, config):
     """Seconds to the first finished training step, and for a whole charrnn-sample --n 500."""
     bindir = os.path.dirname(sys.executable)
     t0 = time.time()
     proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
                              "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
-                             "--max_steps", "1", "--val_frac", "0", "--hidden_size", str(args.hidden_size),
-                             "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                             "--max_steps", "1", *config_argv(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_step = None
     for line in proc.stderr:
@@ -99,8 +114,8 @@ def startup(data_dir, save_dir, args):
     return round(first_step, 2), round(time.time() - t0, 2)
 
 
-def memory(data_dir, save_dir, args):
-    """Run charrnn-train for --memory_steps steps, sampling its RSS every second.
+def memory(data_dir, save_dir, config, max_steps):
+    """Run charrnn-train for ``max_steps`` steps, sampling its RSS every second.
 
     Returns the peak RSS (MiB, from the kernel's high-water mark) and the RSS at each tenth of
     the run, to show whether memory grows with the number of steps.
@@ -110,9 +125,7 @@ def memory(data_dir, save_dir, args):
     with open(progress, "w") as out:
         proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
                                  "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
-                                 "--fresh", "--max_steps", str(args.memory_steps),
-                                 "--hidden_size", str(args.hidden_size), "--print_every", "100",
-                                 "--rnn_impl", args.rnn_impl, f"--xla={args.xla}"],
+                                 "--fresh", "--max_steps", str(max_steps), *config_argv(config)],
                                 stdout=out, stderr=subprocess.DEVNULL)
     samples, peak = [], 0
     while proc.poll() is None:
@@ -128,52 +141,49 @@ def memory(data_dir, save_dir, args):
         except (OSError, KeyError, ValueError):
             pass
     marks = [samples[int(i * (len(samples) - 1) / 10)] for i in range(11)] if samples else []
-    return {"steps": args.memory_steps, "peak_rss_mib": peak, "exit": proc.returncode,
+    return {"steps": max_steps, "peak_rss_mib": peak, "exit": proc.returncode,
             "rss_mib_at_steps": [{"step": s, "rss_mib": r} for s, r in marks]}
 
 
 def main():
-    if sys.argv[1:2] == ["--sample_only"]:  # the child process of sampling_speed
-        return _sample_only(sys.argv[2])
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", required=True)
-    p.add_argument("--hidden_size", type=int, default=256)
-    p.add_argument("--num_layers", type=int, default=2)
-    p.add_argument("--batch_size", type=int, default=50)
-    p.add_argument("--seq_length", type=int, default=50)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--rnn_impl", default="cell")
-    p.add_argument("--xla", action="store_true")
-    p.add_argument("--skip_startup", action="store_true")
-    p.add_argument("--skip_sampling", action="store_true")
-    p.add_argument("--memory_steps", type=int, default=0)
-    args = p.parse_args()
+    config, _ = config_from_flags(FLAGS.preset)
+    problems = config.problems()
+    if not FLAGS.data:
+        problems.append("--data is required: the UTF-8 text file to train on")
+    elif not os.path.isfile(FLAGS.data):
+        problems.append(f"--data {FLAGS.data}: no such file")
+    if FLAGS.steps < 10:
+        problems.append(f"--steps must be at least 10, one timed window (got {FLAGS.steps})")
+    if FLAGS.memory_steps < 0:
+        problems.append(f"--memory_steps must be 0 (off) or positive (got {FLAGS.memory_steps})")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
     work = tempfile.mkdtemp(prefix="charrnn-speed-")
     try:
         data_dir = os.path.join(work, "data")
         os.makedirs(data_dir)
-        shutil.copy(args.data, os.path.join(data_dir, "input.txt"))
-        config = Config(hidden_size=args.hidden_size, num_layers=args.num_layers,
-                        batch_size=args.batch_size, seq_length=args.seq_length, val_frac=0.0,
-                        rnn_impl=args.rnn_impl, xla=args.xla)
+        shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
         run = trainer.prepare(config, data_dir, os.path.join(work, "unused"))
         result = {"config": {k: getattr(run.config, k) for k in
                              ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla")},
-                  "training": training_speed(run, args.steps)}
+                  "training": training_speed(run, FLAGS.steps)}
         save_dir = os.path.join(work, "save")
-        if not args.skip_startup:
-            first_step, sample_wall = startup(data_dir, save_dir, args)
+        if not FLAGS.skip_startup:
+            first_step, sample_wall = startup(data_dir, save_dir, config)
             result["startup"] = {"seconds_to_first_training_step": first_step,
                                  "charrnn_sample_n500_seconds": sample_wall}
-            if not args.skip_sampling:
+            if not FLAGS.skip_sampling:
                 result["sampling_chars_per_sec"] = sampling_speed(save_dir)
-        if args.memory_steps:
-            result["memory"] = memory(data_dir, os.path.join(work, "memory"), args)
+        if FLAGS.memory_steps:
+            result["memory"] = memory(data_dir, os.path.join(work, "memory"), config, FLAGS.memory_steps)
         print(json.dumps(result))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--sample_only"]:  # the child process of sampling_speed
+        _sample_only(sys.argv[2])
+    else:
+        run_command(main, "bench/speed.py")

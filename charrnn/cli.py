@@ -1,14 +1,15 @@
 """Command-line entry points. Flags live here only; library code takes a Config."""
+import math
 import os
 import sys
 
 from absl import app, flags
 
-from charrnn.config import Config
-from charrnn.errors import CharRNNError
+from charrnn.config import Config, flag_fields
+from charrnn.errors import CharRNNError, ConfigError
+from charrnn.presets import PRESETS
 
 FLAGS = flags.FLAGS
-_DEFAULTS = Config()
 
 
 def _fail(program, message):
@@ -16,7 +17,9 @@ def _fail(program, message):
     sys.exit(2)
 
 
-def _run(main, program):
+def run_command(main, program):
+    """app.run(main) for a command or bench script named ``program``: a CharRNNError, a stray
+    argument or Ctrl-C becomes one line on stderr and a non-zero exit."""
     def guarded(argv):
         if len(argv) > 1:
             _fail(program, f"unexpected arguments {argv[1:]}; every option is a --flag (see --help)")
@@ -32,21 +35,63 @@ def _run(main, program):
             sys.exit(130)
 
     # The flags are defined in this module, not the entry script: make them the script's key
-    # flags so --help lists them (absl files __main__'s flags under sys.argv[0]).
+    # flags so --help lists them (absl files __main__'s flags under sys.argv[0]). A bench script
+    # gets its config flags listed this way too.
     for flag in FLAGS.get_flags_for_module(__name__):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(guarded)
 
 
+# ---------------------------------------------------------------- config flags
+
+def define_config_flags(flag_values=FLAGS):
+    """Define one flag per Config field a user sets, with the field's help and default.
+
+    Bounds are not given to absl (its range errors take two lines): ``Config.validate`` checks them.
+    """
+    kinds = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,
+             str: flags.DEFINE_string}
+    for field in flag_fields():
+        help_text = field.metadata["help"]
+        if "choices" in field.metadata:
+            flags.DEFINE_enum(field.name, field.default, list(field.metadata["choices"]), help_text,
+                              flag_values=flag_values)
+        else:
+            kinds[field.type](field.name, field.default, help_text, flag_values=flag_values)
+
+
+def define_preset_flag(flag_values=FLAGS):
+    """Define --preset, naming one of PRESETS."""
+    flags.DEFINE_enum("preset", None, sorted(PRESETS), "A named configuration (see README); flags "
+                      "given explicitly override its values. cpu30: the best validation loss on ~1 MB "
+                      "of text in 30 minutes on a 2-core CPU.", flag_values=flag_values)
+
+
+def config_from_flags(preset_name, flag_values=FLAGS):
+    """The Config the parsed flags describe, and the names of the fields they chose.
+
+    Explicit flags beat the preset, which beats the defaults; fields set by either count as
+    chosen, so a resume takes them over the saved run's values. Not validated: join
+    ``config.problems()`` with any other flag errors.
+    """
+    preset = PRESETS[preset_name] if preset_name else {}
+    values, explicit = {}, []
+    for field in flag_fields():
+        flag = flag_values[field.name]
+        values[field.name] = flag.value if flag.present else preset.get(field.name, flag.value)
+        if flag.present or field.name in preset:
+            explicit.append(field.name)
+    return Config(**values), explicit
+
+
+def config_argv(config):
+    """charrnn-train's flags for every field of ``config`` a user sets, e.g. ``--xla=True``."""
+    return [f"--{field.name}={getattr(config, field.name)}" for field in flag_fields()]
+
+
 # ---------------------------------------------------------------- charrnn-train
 
-_CONFIG_FLAGS = ("hidden_size", "num_layers", "batch_size", "seq_length", "val_frac", "num_epochs",
-                 "learning_rate", "decay_rate", "grad_clip", "dropout", "seed", "print_every",
-                 "save_every", "eval_every", "patience", "max_to_keep", "rnn_impl", "xla", "deterministic")
-
-
 def _define_train_flags():
-    d = _DEFAULTS
     flags.DEFINE_string("data_dir", "data", "Folder whose *.txt files (UTF-8) are the training text.")
     flags.DEFINE_string("save_dir", "save", "Folder for checkpoints, config.json and vocab.json. "
                         "If it holds a checkpoint, training resumes from it.")
@@ -57,50 +102,23 @@ def _define_train_flags():
                          "(its checkpoints are deleted).")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
-    flags.DEFINE_enum("preset", None, ["cpu30"], "A named configuration (see README); flags given "
-                      "explicitly override its values. cpu30: the best validation loss on ~1 MB of "
-                      "text in 30 minutes on a 2-core CPU.")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
                        "(checkpointed; run again to go on).")
-    flags.DEFINE_integer("hidden_size", d.hidden_size, "LSTM units per layer (also the embedding size).")
-    flags.DEFINE_integer("num_layers", d.num_layers, "Number of stacked LSTM layers.")
-    flags.DEFINE_integer("batch_size", d.batch_size, "Parallel rows of text per step.")
-    flags.DEFINE_integer("seq_length", d.seq_length, "Characters per row per step (truncated BPTT length).")
-    flags.DEFINE_float("val_frac", d.val_frac, "Fraction at the end of the text held out for validation.")
-    flags.DEFINE_integer("num_epochs", d.num_epochs, "Total epochs of the run (a resume counts from step 0).")
-    flags.DEFINE_float("learning_rate", d.learning_rate, "Adam learning rate at epoch 0.")
-    flags.DEFINE_float("decay_rate", d.decay_rate, "Learning-rate multiplier per epoch.")
-    flags.DEFINE_float("grad_clip", d.grad_clip, "Clip gradients to this global norm.")
-    flags.DEFINE_float("dropout", d.dropout, "Drop probability on LSTM inputs and outputs in training.")
-    flags.DEFINE_integer("seed", d.seed, "Seed for weights and dropout; recorded in config.json.")
-    flags.DEFINE_integer("print_every", d.print_every, "Steps between progress lines and summaries.")
-    flags.DEFINE_integer("save_every", d.save_every, "Steps between checkpoints.")
-    flags.DEFINE_integer("eval_every", d.eval_every, "Steps between validation runs (also at epoch ends).")
-    flags.DEFINE_integer("patience", d.patience, "Stop after this many validations without "
-                         "improvement; 0 never stops early.")
-    flags.DEFINE_integer("max_to_keep", d.max_to_keep, "Latest checkpoints to keep.")
-    flags.DEFINE_enum("rnn_impl", d.rnn_impl, ["cell", "layerwise"],
-                      "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' computes the "
-                      "same LSTM one layer at a time (faster; same checkpoints).")
-    flags.DEFINE_boolean("xla", d.xla, "Compile the whole training step with XLA (--noxla: don't).")
-    flags.DEFINE_boolean("deterministic", d.deterministic, "Use TensorFlow's op determinism, so "
-                         "a resumed run is bit-identical on any device (on CPUs it already is).")
+    define_preset_flag()
+    define_config_flags()
 
 
 def _train_main():
     from charrnn import train
 
-    from charrnn.presets import PRESETS
-
-    preset = PRESETS[FLAGS.preset] if FLAGS.preset else {}
-    # Explicit flags beat the preset, which beats the defaults; both count as chosen on resume.
-    explicit = [name for name in _CONFIG_FLAGS if FLAGS[name].present or name in preset]
-    config = Config(**{name: FLAGS[name].value if FLAGS[name].present else preset.get(name, FLAGS[name].value)
-                       for name in _CONFIG_FLAGS})
+    config, explicit = config_from_flags(FLAGS.preset)
+    problems = config.problems()
     if FLAGS.max_steps is not None and FLAGS.max_steps <= 0:
-        raise_config(f"--max_steps must be positive (got {FLAGS.max_steps})")
+        problems.append(f"--max_steps must be positive (got {FLAGS.max_steps})")
     if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
-        raise_config(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
+        problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
+    if problems:
+        raise ConfigError("; ".join(problems))
     run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
@@ -108,15 +126,9 @@ def _train_main():
         sys.exit(128 + result["signum"])
 
 
-def raise_config(message):
-    from charrnn.errors import ConfigError
-
-    raise ConfigError(message)
-
-
 def train_main():
     _define_train_flags()
-    _run(_train_main, "charrnn-train")
+    run_command(_train_main, "charrnn-train")
 
 
 # ---------------------------------------------------------------- charrnn-sample
@@ -138,8 +150,9 @@ def _sample_main():
     problems = []
     if FLAGS.n < 0:
         problems.append(f"--n must be 0 or more (got {FLAGS.n})")
-    if FLAGS.temperature < 0:
-        problems.append(f"--temperature must be 0 (greedy) or positive (got {FLAGS.temperature})")
+    if not (math.isfinite(FLAGS.temperature) and FLAGS.temperature >= 0):
+        problems.append("--temperature must be 0 (greedy) or a finite positive number "
+                        f"(got {FLAGS.temperature})")
     if FLAGS.top_k < 0:
         problems.append(f"--top_k must be 0 (off) or positive (got {FLAGS.top_k})")
     if not 0 < FLAGS.top_p <= 1:
@@ -149,7 +162,7 @@ def _sample_main():
         problems.append("--argmax/--temperature 0 always takes the top character; "
                         "drop --top_k/--top_p or sample with a positive temperature")
     if problems:
-        raise_config("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
     from charrnn.sample import Sampler
     from charrnn.tfcompat import use_sampling_xla_flags
@@ -169,7 +182,7 @@ def _sample_main():
 
 def sample_main():
     _define_sample_flags()
-    _run(_sample_main, "charrnn-sample")
+    run_command(_sample_main, "charrnn-sample")
 
 
 # ---------------------------------------------------------------- charrnn-eval
@@ -196,7 +209,7 @@ def _eval_main():
         if FLAGS[name].value is not None and FLAGS[name].value <= 0:
             problems.append(f"--{name} must be a positive integer (got {FLAGS[name].value})")
     if problems:
-        raise_config("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
     import json
 
@@ -213,7 +226,7 @@ def _eval_main():
 
 def eval_main():
     _define_eval_flags()
-    _run(_eval_main, "charrnn-eval")
+    run_command(_eval_main, "charrnn-eval")
 
 
 # ---------------------------------------------------------------- charrnn-plot
@@ -236,4 +249,4 @@ def _plot_main():
 
 def plot_main():
     _define_plot_flags()
-    _run(_plot_main, "charrnn-plot")
+    run_command(_plot_main, "charrnn-plot")

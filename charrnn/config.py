@@ -1,4 +1,8 @@
-"""Run configuration: one dataclass of hyperparameters, saved as versioned JSON beside checkpoints."""
+"""Run configuration: one dataclass of hyperparameters, saved as versioned JSON beside checkpoints.
+
+Each field's metadata holds its help text and bounds; the CLI generates its flags from them and
+one checker (``Config.validate``, ``Config.from_dict``) reads them for flags, presets and files.
+"""
 import dataclasses
 import json
 import math
@@ -16,65 +20,142 @@ FIXED_FIELDS = ("vocab_size", "hidden_size", "num_layers", "batch_size", "seq_le
                 "data_sha256")
 
 
+def _field(default, help, *, from_data=False, min=None, above=None, max=None, below=None,
+           choices=None, zero=None):
+    """A Config field with its flag's help and its bounds: ``min``/``max`` inclusive,
+    ``above``/``below`` exclusive; ``zero`` names what 0 means where 0 is allowed.
+    ``from_data`` fields are set from the training text, not by a flag."""
+    bounds = dict(min=min, above=above, max=max, below=below, choices=choices, zero=zero)
+    metadata = {"help": help, "from_data": from_data, **{k: v for k, v in bounds.items() if v is not None}}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class Config:
     """Every hyperparameter of a run. Library code takes this whole; flags map onto it in the CLI."""
 
     # Model shape.
-    vocab_size: int = 0  # set from the data
-    hidden_size: int = 256
-    num_layers: int = 2
+    vocab_size: int = _field(0, "Distinct characters in the training text.", from_data=True, min=2)
+    hidden_size: int = _field(256, "LSTM units per layer (also the embedding size).", above=0)
+    num_layers: int = _field(2, "Number of stacked LSTM layers.", above=0)
     # Data layout: batch_size rows of the text, cut into windows of seq_length characters.
-    batch_size: int = 50
-    seq_length: int = 50
-    val_frac: float = 0.1  # the end of the text held out for validation
-    data_sha256: str = ""  # fingerprint of the training text, so a resume reads the same stream
+    batch_size: int = _field(50, "Parallel rows of text per step.", above=0)
+    seq_length: int = _field(50, "Characters per row per step (truncated BPTT length).", above=0)
+    val_frac: float = _field(0.1, "Fraction at the end of the text held out for validation.",
+                             min=0, below=1)
+    data_sha256: str = _field("", "Fingerprint of the training text, so a resume reads the same "
+                              "stream.", from_data=True)
     # Optimisation.
-    num_epochs: int = 10
-    learning_rate: float = 2e-3
-    decay_rate: float = 0.97  # learning rate multiplier per epoch
-    grad_clip: float = 5.0  # global gradient norm
-    dropout: float = 0.0  # drop probability on the LSTM inputs and outputs, training only
-    seed: int = 0
+    num_epochs: int = _field(10, "Total epochs of the run (a resume counts from step 0).", above=0)
+    learning_rate: float = _field(2e-3, "Adam learning rate at epoch 0.", above=0)
+    decay_rate: float = _field(0.97, "Learning-rate multiplier per epoch.", above=0, max=1)
+    grad_clip: float = _field(5.0, "Clip gradients to this global norm.", above=0)
+    dropout: float = _field(0.0, "Drop probability on LSTM inputs and outputs in training.",
+                            min=0, below=1)
+    seed: int = _field(0, "Seed for weights and dropout; recorded in config.json.")
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
-    rnn_impl: str = "cell"  # "cell": MultiRNNCell + dynamic_rnn; "layerwise": one layer at a time
-    xla: bool = True  # compile the whole training step with XLA
-    deterministic: bool = False  # TensorFlow op determinism (bit-identical runs on GPUs too)
+    rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
+                           "computes the same LSTM one layer at a time (faster; same checkpoints).",
+                           choices=("cell", "layerwise"))
+    xla: bool = _field(True, "Compile the whole training step with XLA (--noxla: don't).")
+    deterministic: bool = _field(False, "Use TensorFlow's op determinism, so a resumed run is "
+                                 "bit-identical on any device (on CPUs it already is).")
     # Bookkeeping.
-    print_every: int = 50
-    save_every: int = 500
-    eval_every: int = 500  # steps between validation runs (also at each epoch end)
-    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
-    max_to_keep: int = 5
+    print_every: int = _field(50, "Steps between progress lines and summaries.", above=0)
+    save_every: int = _field(500, "Steps between checkpoints.", above=0)
+    eval_every: int = _field(500, "Steps between validation runs (also at epoch ends).", above=0)
+    patience: int = _field(0, "Stop after this many validations without improvement; 0 never "
+                           "stops early.", min=0, zero="off")
+    max_to_keep: int = _field(5, "Latest checkpoints to keep.", above=0)
+
+    def problems(self):
+        """One line per wrongly typed or out-of-range value. Fields read from the data may still
+        hold their defaults: a config made from flags has not seen the text yet."""
+        return _problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                         unset_ok=True)
 
     def validate(self):
-        """Raise ConfigError naming every out-of-range value."""
-        problems = []
-        for name in ("hidden_size", "num_layers", "batch_size", "seq_length", "num_epochs",
-                     "print_every", "save_every", "eval_every", "max_to_keep"):
-            if getattr(self, name) <= 0:
-                problems.append(f"--{name} must be a positive integer (got {getattr(self, name)})")
-        for name in ("learning_rate", "grad_clip"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                problems.append(f"--{name} must be a positive number (got {value})")
-        if not 0 < self.decay_rate <= 1:
-            problems.append(f"--decay_rate must be in (0, 1] (got {self.decay_rate})")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if not 0 <= self.val_frac < 1:
-            problems.append(f"--val_frac must be in [0, 1) (got {self.val_frac})")
-        if self.rnn_impl not in ("cell", "layerwise"):
-            problems.append(f"--rnn_impl must be cell or layerwise (got {self.rnn_impl!r})")
-        if self.patience < 0:
-            problems.append(f"--patience must be 0 (off) or positive (got {self.patience})")
+        """Raise ConfigError naming every problem on one line."""
+        problems = self.problems()
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw, where):
+        """The Config of a saved run's ``raw`` dict, checked field by field; ``where`` starts errors.
+
+        Fields added after a run was saved take their defaults; the fixed ones (the model's shape,
+        the data) never do. An int is taken for a float, a bool never for a number.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        missing = sorted(set(FIXED_FIELDS) - set(raw))
+        if unknown or missing:
+            raise ConfigError(f"{where}: unknown fields {unknown}, missing fields {missing}; "
+                              "it was not written by this charrnn version")
+        values = {**{name: f.default for name, f in fields.items()}, **raw}
+        problems = _problems(values, unset_ok=False)
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
+        return cls(**{name: float(value) if fields[name].type is float else value
+                      for name, value in values.items()})
 
     def fixed_differences(self, other):
         """List 'name: saved X, now Y' for every fixed field where ``other`` differs."""
         return [f"{name}: saved {getattr(self, name)!r}, now {getattr(other, name)!r}"
                 for name in FIXED_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+def flag_fields():
+    """The Config fields a user sets by flag (all but those read from the data), in order."""
+    return [f for f in dataclasses.fields(Config) if not f.metadata["from_data"]]
+
+
+def _problems(values, unset_ok):
+    """One line per wrong value in ``values`` (every field by name); with ``unset_ok``, a field
+    read from the data may hold its default."""
+    problems = []
+    for field in dataclasses.fields(Config):
+        value, meta = values[field.name], field.metadata
+        if not _has_type(value, field.type):
+            problems.append(f"field {field.name} should be {field.type.__name__}, got {value!r}")
+        elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):
+            name = field.name if meta["from_data"] else f"--{field.name}"
+            problems.append(f"{name} must be {_requirement(field)} (got {value!r})")
+    return problems
+
+
+def _has_type(value, kind):
+    # type(), not isinstance(): True is an int to Python but never a size or a rate here.
+    return type(value) is kind or (kind is float and type(value) is int)
+
+
+def _within(meta, value):
+    if "choices" in meta:
+        return value in meta["choices"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return not (("min" in meta and value < meta["min"]) or ("above" in meta and value <= meta["above"])
+                or ("max" in meta and value > meta["max"]) or ("below" in meta and value >= meta["below"]))
+
+
+def _requirement(field):
+    """What the field's values must be, as an error says it: "a positive integer", "in [0, 1)"."""
+    meta = field.metadata
+    if "choices" in meta:
+        *others, last = meta["choices"]
+        return f"{', '.join(others)} or {last}" if others else last
+    low, high = meta.get("min", meta.get("above")), meta.get("max", meta.get("below"))
+    if high is not None:
+        low = -math.inf if low is None else low
+        return f"in {'[' if 'min' in meta else '('}{low:g}, {high:g}{']' if 'max' in meta else ')'}"
+    if low == 0 and "above" in meta:
+        return "a positive integer" if field.type is int else "a positive number"
+    if low == 0:
+        return f"0 ({meta['zero']}) or positive" if "zero" in meta else "0 or more"
+    if low is not None:
+        return f"{'above' if 'above' in meta else 'at least'} {low:g}"
+    return "a finite number"
 
 
 def write_json_atomic(path, obj):
@@ -116,31 +197,9 @@ def save_config(config, save_dir):
 
 
 def load_config(save_dir):
-    """Read and validate ``save_dir/config.json``: known fields only, each of the right type."""
+    """Read and validate ``save_dir/config.json`` (see Config.from_dict)."""
     path = os.path.join(save_dir, CONFIG_FILE)
     raw = read_json(path, "config").get("config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: no 'config' object")
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    unknown = sorted(set(raw) - set(fields))
-    # Fields added after a run was saved take their defaults; the model's shape never does.
-    missing = sorted(set(FIXED_FIELDS) - set(raw))
-    if unknown or missing:
-        raise ConfigError(f"{path}: unknown fields {unknown}, missing fields {missing}; "
-                          "it was not written by this charrnn version")
-    values = {}
-    for name, value in raw.items():
-        expected = type(getattr(Config, name))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not expected:
-            raise ConfigError(f"{path}: field {name} should be {expected.__name__}, got {value!r}")
-        values[name] = value
-    config = Config(**values)
-    try:
-        config.validate()
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}")
-    if config.vocab_size < 2:
-        raise ConfigError(f"{path}: vocab_size {config.vocab_size} is below 2")
-    return config
+    return Config.from_dict(raw, path)

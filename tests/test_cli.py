@@ -101,6 +101,26 @@ def test_sample_errors(trained):
     _one_error_line(run_cli("charrnn-sample", "--save_dir", save, "--argmax", "--top_k", 3), "--top_k")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "nan"], "--temperature must be 0 (greedy) or a finite positive number (got nan)"),
+    (["--temperature", "inf"], "--temperature must be 0 (greedy) or a finite positive number (got inf)"),
+    (["--top_p", "nan"], "--top_p must be in (0, 1] (got nan)"),
+])
+def test_sample_refuses_nan_and_infinite_sampling_flags(tmp_path, args, message):
+    result = run_cli("charrnn-sample", "--save_dir", tmp_path / "none", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"charrnn-sample: error: {message}"
+
+
+def test_train_refuses_generated_flags_out_of_range_on_one_line(tmp_path):
+    result = run_cli("charrnn-train", "--data_dir", tmp_path / "none", "--save_dir", tmp_path / "save",
+                     "--dropout", "nan", "--patience", -1)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("charrnn-train: error: --dropout must be in [0, 1) (got nan); "
+                                     "--patience must be 0 (off) or positive (got -1)")
+    assert not (tmp_path / "save").exists()
+
+
 @pytest.mark.parametrize("make, args, fragments", [
     (None, [], ["no such directory"]),
     ("empty_dir", [], ["no .txt files"]),
