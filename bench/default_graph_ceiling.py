@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn.cli import config_from_flags, define_config_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
-from charrnn.model import TRAIN, CharRNN  # noqa: E402
+from charrnn.model import TrainGraph  # noqa: E402
 from charrnn.tfcompat import load, session_config  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -78,7 +78,7 @@ def main():
         graph = tf.Graph()
         with graph.as_default():
             tf1.set_random_seed(0)
-            model = CharRNN(config, TRAIN)
+            model = TrainGraph(config)
             init = tf1.global_variables_initializer()
         cell_class.call = stock_call
         session = tf1.Session(graph=graph, config=session_config())

@@ -37,6 +37,6 @@ try:
     run = trainer.prepare(Config(eval_every=200, num_epochs=50), os.path.join(work, "data"),
                           os.path.join(work, "save"), fresh=True)
     result = trainer.train(run, os.path.join(work, "save"), os.path.join(work, "logs"), max_minutes=minutes)
-    print(json.dumps({"embedding_init": mode, "steps": result["step"], "curve": result["history"]}))
+    print(json.dumps({"embedding_init": mode, "steps": result.step, "curve": result.history}))
 finally:
     shutil.rmtree(work, ignore_errors=True)

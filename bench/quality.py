@@ -23,26 +23,19 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
-from charrnn.cli import config_from_flags, define_config_flags, define_preset_flag, run_command  # noqa: E402
+from charrnn.cli import benchmark_config, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.sample import Sampler  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "UTF-8 text file to train on (required).")
 flags.DEFINE_float("minutes", 30, "Wall-clock budget of the training run, evaluations included.")
 flags.DEFINE_string("keep", None, "Keep the run (data, save and log dirs) in this folder instead of "
                     "a temporary one.")
-define_preset_flag()
-define_config_flags()
+define_benchmark_flags()
 
 
 def main():
-    config, _ = config_from_flags(FLAGS.preset)
-    problems = config.problems()
-    if not FLAGS.data:
-        problems.append("--data is required: the UTF-8 text file to train on")
-    elif not os.path.isfile(FLAGS.data):
-        problems.append(f"--data {FLAGS.data}: no such file")
+    config, problems = benchmark_config()
     if not FLAGS.minutes > 0:
         problems.append(f"--minutes must be positive (got {FLAGS.minutes})")
     if problems:
@@ -60,16 +53,16 @@ def main():
         sample = "".join(sampler.generate("\n", 199, seed=0))
         sampler.close()
         c = run.config
-        best_step, best = result["best"]
+        best_step, best = result.best
         print(json.dumps({
             "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
             "config": {k: v for k, v in dataclasses.asdict(c).items() if k != "data_sha256"},
-            "minutes": round(result["minutes"], 2), "steps": result["step"],
-            "chars_seen": result["step"] * c.batch_size * c.seq_length,
-            "final_val_nats": result["history"][-1]["val_loss"],
-            "final_val_bits": round(result["history"][-1]["val_loss"] / math.log(2), 4),
+            "minutes": round(result.minutes, 2), "steps": result.step,
+            "chars_seen": result.step * c.batch_size * c.seq_length,
+            "final_val_nats": result.history[-1]["val_loss"],
+            "final_val_bits": round(result.history[-1]["val_loss"] / math.log(2), 4),
             "best_val_nats": round(best, 4), "best_val_bits": round(best / math.log(2), 4),
-            "best_step": best_step, "curve": result["history"], "sample": sample}))
+            "best_step": best_step, "curve": result.history, "sample": sample}))
     finally:
         if not FLAGS.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,7 @@ The configuration is charrnn-train's (the same flags, defaults and --preset), so
 alone this measures what a plain ``charrnn-train`` trains: the default graph, cell with XLA.
 
 - training: chars/sec and ms/step of the training step (median of 10-step windows after
-  10 warm-up steps), measured in-process on the real CharRNN graph;
+  10 warm-up steps), measured in-process on the real training graph (TrainGraph);
 - sampling: chars/sec of the in-graph sampler generating 20,000 characters (4,096 per
   session.run; median of 3), in a fresh process with charrnn-sample's XLA flags;
 - startup: seconds from launching charrnn-train (given every config flag) to its first finished
@@ -29,21 +29,18 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
-from charrnn.cli import (config_argv, config_from_flags, define_config_flags,  # noqa: E402
-                         define_preset_flag, run_command)
+from charrnn.cli import benchmark_config, config_argv, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
-from charrnn.model import TRAIN, CharRNN  # noqa: E402
+from charrnn.model import TrainGraph  # noqa: E402
 from charrnn.tfcompat import load, session_config  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "UTF-8 text file to train on (required).")
 flags.DEFINE_integer("steps", 60, "Training steps timed after 10 warm-up steps.")
 flags.DEFINE_boolean("skip_startup", False, "Skip the start-up times (and sampling, which samples "
                      "the checkpoint the start-up run writes).")
 flags.DEFINE_boolean("skip_sampling", False, "Skip the sampling speed.")
 flags.DEFINE_integer("memory_steps", 0, "Steps of the charrnn-train run whose RSS is sampled; 0 skips it.")
-define_preset_flag()
-define_config_flags()
+define_benchmark_flags()
 
 
 def training_speed(run, steps):
@@ -52,7 +49,7 @@ def training_speed(run, steps):
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(0)
-        model = CharRNN(c, TRAIN)
+        model = TrainGraph(c)
         init = tf1.global_variables_initializer()
     graph.finalize()
     with tf1.Session(graph=graph, config=session_config()) as session:
@@ -146,12 +143,7 @@ def memory(data_dir, save_dir, config, max_steps):
 
 
 def main():
-    config, _ = config_from_flags(FLAGS.preset)
-    problems = config.problems()
-    if not FLAGS.data:
-        problems.append("--data is required: the UTF-8 text file to train on")
-    elif not os.path.isfile(FLAGS.data):
-        problems.append(f"--data {FLAGS.data}: no such file")
+    config, problems = benchmark_config()
     if FLAGS.steps < 10:
         problems.append(f"--steps must be at least 10, one timed window (got {FLAGS.steps})")
     if FLAGS.memory_steps < 0:

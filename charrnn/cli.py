@@ -84,6 +84,25 @@ def config_from_flags(preset_name, flag_values=FLAGS):
     return Config(**values), explicit
 
 
+def define_benchmark_flags(flag_values=FLAGS):
+    """--data, --preset and the config flags: what a bench script that trains on one text takes."""
+    flags.DEFINE_string("data", None, "UTF-8 text file to train on (required).", flag_values=flag_values)
+    define_preset_flag(flag_values)
+    define_config_flags(flag_values)
+
+
+def benchmark_config(flag_values=FLAGS):
+    """(Config, problems) from define_benchmark_flags' flags: the config's problems and --data's."""
+    config, _ = config_from_flags(flag_values["preset"].value, flag_values)
+    problems = config.problems()
+    data = flag_values["data"].value
+    if not data:
+        problems.append("--data is required: the UTF-8 text file to train on")
+    elif not os.path.isfile(data):
+        problems.append(f"--data {data}: no such file")
+    return config, problems
+
+
 def config_argv(config):
     """charrnn-train's flags for every field of ``config`` a user sets, e.g. ``--xla=True``."""
     return [f"--{field.name}={getattr(config, field.name)}" for field in flag_fields()]
@@ -122,8 +141,8 @@ def _train_main():
     run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
-    if result.get("signum"):
-        sys.exit(128 + result["signum"])
+    if result.signum:
+        sys.exit(128 + result.signum)
 
 
 def train_main():
@@ -133,10 +152,16 @@ def train_main():
 
 # ---------------------------------------------------------------- charrnn-sample
 
-def _define_sample_flags():
+def _define_model_flags():
+    """--save_dir and --checkpoint: which trained model a command opens."""
+    from charrnn.rundir import CHECKPOINT_CHOICES
+
     flags.DEFINE_string("save_dir", "save", "Folder of a trained model.")
-    flags.DEFINE_string("checkpoint", "auto", "auto (best if any, else latest), best, latest, "
-                        "or a checkpoint path prefix.")
+    flags.DEFINE_string("checkpoint", "auto", CHECKPOINT_CHOICES + ".")
+
+
+def _define_sample_flags():
+    _define_model_flags()
     flags.DEFINE_string("prime", "The ", "Text to start from; empty draws the first character.")
     flags.DEFINE_integer("n", 500, "Characters to generate after the prime.")
     flags.DEFINE_float("temperature", 1.0, "Divide logits by this; below 1 is safer, 0 is greedy.")
@@ -188,10 +213,8 @@ def sample_main():
 # ---------------------------------------------------------------- charrnn-eval
 
 def _define_eval_flags():
-    flags.DEFINE_string("save_dir", "save", "Folder of a trained model.")
+    _define_model_flags()
     flags.DEFINE_string("text", None, "UTF-8 file to score (required).")
-    flags.DEFINE_string("checkpoint", "auto", "auto (best if any, else latest), best, latest, "
-                        "or a checkpoint path prefix.")
     flags.DEFINE_boolean("skip_unknown", False, "Drop characters the model never saw (and count "
                          "them) instead of refusing the text.")
     flags.DEFINE_integer("batch_size", None, "Parallel rows the text is cut into; each starts from "

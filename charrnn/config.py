@@ -1,18 +1,12 @@
-"""Run configuration: one dataclass of hyperparameters, saved as versioned JSON beside checkpoints.
+"""Run configuration: one dataclass of hyperparameters (charrnn/rundir.py saves it as config.json).
 
 Each field's metadata holds its help text and bounds; the CLI generates its flags from them and
 one checker (``Config.validate``, ``Config.from_dict``) reads them for flags, presets and files.
 """
 import dataclasses
-import json
 import math
-import os
-import tempfile
 
 from charrnn.errors import ConfigError
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
 
 # Fields that fix the shapes of the weights, the carried state or the data layout: a resume must
 # match them exactly. Everything else may be changed on resume by passing the flag again.
@@ -156,50 +150,3 @@ def _requirement(field):
     if low is not None:
         return f"{'above' if 'above' in meta else 'at least'} {low:g}"
     return "a finite number"
-
-
-def write_json_atomic(path, obj):
-    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_json(path, kind):
-    """Load a charrnn JSON file, checking its format version; ``kind`` names it in errors."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing {kind} file; is this a charrnn save directory?")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable {kind} file ({e}); restore it or train with --fresh")
-    if not isinstance(obj, dict) or obj.get("format_version") != FORMAT_VERSION:
-        version = obj.get("format_version") if isinstance(obj, dict) else None
-        raise ConfigError(f"{path}: {kind} format version {version!r} is not {FORMAT_VERSION}; "
-                          "it was written by another charrnn version")
-    return obj
-
-
-def save_config(config, save_dir):
-    write_json_atomic(os.path.join(save_dir, CONFIG_FILE),
-                      {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(config)})
-
-
-def load_config(save_dir):
-    """Read and validate ``save_dir/config.json`` (see Config.from_dict)."""
-    path = os.path.join(save_dir, CONFIG_FILE)
-    raw = read_json(path, "config").get("config")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: no 'config' object")
-    return Config.from_dict(raw, path)

@@ -5,10 +5,8 @@ import os
 
 import numpy as np
 
-from charrnn.config import FORMAT_VERSION, read_json, write_json_atomic
 from charrnn.errors import ConfigError, DataError
 
-VOCAB_FILE = "vocab.json"
 BOM = "\ufeff"
 
 
@@ -98,21 +96,21 @@ class Vocab:
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
 
-    def save(self, save_dir):
-        write_json_atomic(os.path.join(save_dir, VOCAB_FILE),
-                          {"format_version": FORMAT_VERSION, "chars": self.chars, "counts": self.counts})
+    def to_json(self):
+        """The vocabulary as a JSON-ready dict (the save directory writes it as vocab.json)."""
+        return {"chars": self.chars, "counts": self.counts}
 
     @classmethod
-    def load(cls, save_dir):
-        path = os.path.join(save_dir, VOCAB_FILE)
-        obj = read_json(path, "vocabulary")
+    def from_json(cls, obj, where):
+        """The inverse of to_json, refusing anything but sorted unique single characters with
+        one count each; ``where`` names the source in the error."""
         chars, counts = obj.get("chars"), obj.get("counts")
         ok = (isinstance(chars, list) and isinstance(counts, list) and len(chars) == len(counts) >= 2
               and all(isinstance(c, str) and len(c) == 1 for c in chars)
               and all(type(n) is int and n >= 0 for n in counts)
               and chars == sorted(set(chars)))
         if not ok:
-            raise ConfigError(f"{path}: not a valid vocabulary (need sorted unique single characters "
+            raise ConfigError(f"{where}: not a valid vocabulary (need sorted unique single characters "
                               "with one count each)")
         return cls(chars, counts)
 

@@ -4,18 +4,30 @@ The text is laid out in long rows (EvalStream) and read statefully, as in valida
 character is predicted from everything before it in its row, not from a fresh state every
 ``seq_length`` characters.
 """
+import functools
 import math
 
-from charrnn import checkpoint
-from charrnn.config import load_config
-from charrnn.data import EvalStream, Vocab, format_chars
+from charrnn.data import EvalStream, format_chars
 from charrnn.errors import ConfigError, DataError
-from charrnn.model import EVAL, CharRNN
-from charrnn.sample import resolve_checkpoint
-from charrnn.tfcompat import load, session_config
-from charrnn.train import evaluate  # the loop validation uses, so the numbers agree with it
+from charrnn.model import EvalGraph
+from charrnn.rundir import RunDir
 
 DEFAULT_SEQ_LENGTH = 200  # long windows: fewer session.run calls; the state carries across them anyway
+
+
+def evaluate_stream(session, model, stream):
+    """Mean loss in nats/char over every target of ``stream`` (an EvalStream) under ``model``
+    (an EvalGraph), carrying state from window to window. Validation during training uses it too,
+    so the numbers agree."""
+    session.run(model.reset_state_op)
+    total, count = 0.0, 0.0
+    for k in range(stream.num_batches):
+        x, y, w = stream.batch(k)
+        loss_sum, weight_sum, _ = session.run([model.loss_sum, model.weight_sum, model.eval_op],
+                                              {model.inputs: x, model.targets: y, model.target_weights: w})
+        total += loss_sum
+        count += weight_sum
+    return float(total / count)
 
 
 def evaluate_text(save_dir, text, which="auto", skip_unknown=False, batch_size=None, seq_length=None,
@@ -27,16 +39,11 @@ def evaluate_text(save_dir, text, which="auto", skip_unknown=False, batch_size=N
     path restored). ``batch_size`` defaults to the run's, ``seq_length`` to 200; ``source`` names
     the text in errors and ``log`` (a callable taking a string) hears about progress.
     """
-    tf, tf1 = load()
     for name, value in (("batch_size", batch_size), ("seq_length", seq_length)):
         if value is not None and value <= 0:
             raise ConfigError(f"--{name} must be a positive integer (got {value})")
-    path = resolve_checkpoint(save_dir, which)
-    config = load_config(save_dir)
-    vocab = Vocab.load(save_dir)
-    if config.vocab_size != len(vocab):
-        raise ConfigError(f"{save_dir}: config.json names {config.vocab_size} characters but "
-                          f"vocab.json holds {len(vocab)}; the directory is inconsistent")
+    trained = RunDir(save_dir).open_model(which, log)
+    config, vocab = trained.config, trained.vocab
 
     missing = vocab.unknown(text)
     skipped = 0
@@ -54,26 +61,16 @@ def evaluate_text(save_dir, text, which="auto", skip_unknown=False, batch_size=N
 
     stream = EvalStream(vocab.encode(text), batch_size or config.batch_size,
                         seq_length or DEFAULT_SEQ_LENGTH)
-    graph = tf.Graph()
-    with graph.as_default():
-        model = CharRNN(config, EVAL, batch_size=stream.batch_size, seq_length=stream.seq_length)
-        # The EVAL graph holds only weights as globals (its state variables are locals), so this
-        # restores a subset of a training checkpoint: no Adam slots, no training state.
-        variables = tf1.global_variables()
-        saver = tf1.train.Saver(variables)
-        init_local = tf1.local_variables_initializer()
-    graph.finalize()
-
-    with tf1.Session(graph=graph, config=session_config(log)) as session:
-        session.run(init_local)
-        checkpoint.restore(session, saver, variables, path, save_dir)
+    # The evaluation graph's state variables are locals: this restores the weights alone.
+    session, model = trained.restore(
+        functools.partial(EvalGraph, batch_size=stream.batch_size, seq_length=stream.seq_length), log)
+    with session:
         if log:
-            log(f"restored {path}; scoring {stream.num_targets:,} characters in {stream.batch_size} "
-                f"row(s), {stream.num_batches} window(s) of {stream.seq_length}")
-        nats = evaluate(session, model, stream)
-
+            log(f"scoring {stream.num_targets:,} characters in {stream.batch_size} row(s), "
+                f"{stream.num_batches} window(s) of {stream.seq_length}")
+        nats = evaluate_stream(session, model, stream)
     return {"nats_per_char": nats, "bits_per_char": nats / math.log(2), "perplexity": math.exp(nats),
-            "characters": stream.num_targets, "skipped": skipped, "checkpoint": path}
+            "characters": stream.num_targets, "skipped": skipped, "checkpoint": trained.checkpoint}
 
 
 def format_result(result):

@@ -1,6 +1,10 @@
-"""The training loop: stateful batches, learning-rate decay, validation, summaries, checkpoints."""
+"""The training loop: stateful batches, learning-rate decay, validation, summaries, checkpoints.
+
+``prepare`` reads the data and reconciles the config with a run already saved; ``train`` builds
+the graphs and hands them to a ``Trainer``, whose ``run`` is the loop: one training step, a
+progress line every ``print_every`` steps, validation, checkpoints, and the checks that stop it.
+"""
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -9,11 +13,12 @@ import time
 
 import numpy as np
 
-from charrnn import checkpoint
-from charrnn.config import Config, load_config, save_config, write_json_atomic
+from charrnn.config import Config
 from charrnn.data import EvalStream, TextLoader, Vocab, fingerprint, format_chars, read_text_dir, split_ids
-from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingError
-from charrnn.model import EVAL, SAMPLE, TRAIN, CharRNN
+from charrnn.errors import CharRNNError, ConfigError, TrainingError
+from charrnn.evaluate import evaluate_stream
+from charrnn.model import EvalGraph, SampleGraph, TrainGraph
+from charrnn.rundir import RunDir, restore
 from charrnn.tfcompat import load, release_free_memory, session_config
 
 LN2 = math.log(2)
@@ -50,10 +55,11 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
     vocab = Vocab.from_text(text)
     config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=fingerprint(text))
 
-    resume = checkpoint.has_checkpoint(save_dir) and not fresh
+    rundir = RunDir(save_dir)
+    resume = rundir.has_checkpoint() and not fresh
     if resume:
-        saved = load_config(save_dir)
-        saved_vocab = Vocab.load(save_dir)
+        saved = rundir.read_config()
+        saved_vocab = rundir.read_vocab()
         if saved_vocab.chars != vocab.chars:
             added = sorted(set(vocab.chars) - set(saved_vocab.chars))
             removed = sorted(set(saved_vocab.chars) - set(vocab.chars))
@@ -106,19 +112,6 @@ class _StopSignal:
             signal.signal(s, handler)
 
 
-def evaluate(session, model, stream):
-    """Mean loss in nats/char over every target of ``stream``, carrying state, no update."""
-    session.run(model.reset_state_op)
-    total, count = 0.0, 0.0
-    for k in range(stream.num_batches):
-        x, y, w = stream.batch(k)
-        loss_sum, weight_sum, _ = session.run([model.loss_sum, model.weight_sum, model.eval_op],
-                                              {model.inputs: x, model.targets: y, model.weights: w})
-        total += loss_sum
-        count += weight_sum
-    return float(total / count)
-
-
 class _Summaries:
     """Scalar summaries as protos (no graph ops), one writer per TensorBoard run."""
 
@@ -129,8 +122,13 @@ class _Summaries:
         # resume within the same second would otherwise overwrite the previous run's file.
         suffix = f".{os.getpid()}"
         self.log_dir = log_dir
-        self.train = tf1.summary.FileWriter(os.path.join(log_dir, "train"), graph, filename_suffix=suffix)
-        self.val = tf1.summary.FileWriter(os.path.join(log_dir, "val"), filename_suffix=suffix)
+        try:
+            self.train = tf1.summary.FileWriter(os.path.join(log_dir, "train"), graph, filename_suffix=suffix)
+            self.val = tf1.summary.FileWriter(os.path.join(log_dir, "val"), filename_suffix=suffix)
+        except tf1.errors.OpError as e:
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"--log_dir {log_dir}: cannot write TensorBoard files there ({first_line[:160]}); "
+                              "choose another --log_dir")
 
     def scalars(self, writer, step, **values):
         summary = self._tf1.Summary(value=[self._tf1.Summary.Value(tag=k, simple_value=float(v))
@@ -153,30 +151,44 @@ class _Summaries:
         self.val.close()
 
 
+@dataclasses.dataclass
+class TrainResult:
+    """How a call of :func:`train` ended."""
+
+    status: str  # complete, patience, interrupted, max_steps or max_minutes
+    step: int  # the global step reached
+    loss: float = None  # the last step's training loss
+    val_loss: float = None  # the last validation's, if any ran
+    best: tuple = None  # (step, validation loss) of the best checkpoint, over the whole run
+    path: str = None  # the checkpoint written last
+    signum: int = None  # the signal that interrupted the run
+    history: list = dataclasses.field(default_factory=list)  # {minutes, step, val_loss} per validation
+    minutes: float = 0.0  # wall time of this call's loop
+
+
 def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
     """Train (or resume) until ``num_epochs`` are done, patience runs out, or a signal arrives.
 
     ``max_steps`` / ``max_minutes`` stop this invocation after that many steps / that much wall
-    time (evaluations included), with a checkpoint, so running again goes on.
-    Returns a dict describing how the run ended.
+    time (evaluations included), with a checkpoint, so running again goes on. Returns a
+    TrainResult.
     """
     tf, tf1 = load()
     c = run.config
     for note in run.notes:
         log(note)
-    checkpoint.prepare_save_dir(save_dir)
+    _check_log_dir(log_dir)
+    rundir = RunDir(save_dir)
     # Signals are caught from here on: a Ctrl-C while the graph builds stops after the first step.
-    with checkpoint.SaveDirLock(save_dir), _StopSignal() as stop:
-        if not run.resume:
-            checkpoint.remove_run_files(save_dir)
+    with rundir.training(fresh=not run.resume), _StopSignal() as stop:
         if c.deterministic:
             tf.config.experimental.enable_op_determinism()
         graph = tf.Graph()
         with graph.as_default():
             tf1.set_random_seed(c.seed)
-            model = CharRNN(c, TRAIN)
-            eval_model = CharRNN(c, EVAL, batch_size=run.val.batch_size) if run.val else None
-            sample_model = CharRNN(c, SAMPLE) if run.val else None
+            model = TrainGraph(c)
+            eval_model = EvalGraph(c, batch_size=run.val.batch_size) if run.val else None
+            sample_model = SampleGraph(c) if run.val else None
             variables = tf1.global_variables()
             saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
             best_saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
@@ -185,193 +197,204 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
         graph.finalize()  # every op exists now; the loop must not add any
 
         with tf1.Session(graph=graph, config=session_config(log)) as session:
+            session.run(init_local)
             if run.resume:
-                path = checkpoint.usable_checkpoint(save_dir, log)
-                session.run(init_local)
-                checkpoint.restore(session, saver, variables, path, save_dir)
+                path = rundir.latest_usable(log)
+                restore(session, saver, variables, path, save_dir)
                 log(f"resumed from {path}")
             else:
-                session.run([init_global, init_local])
+                session.run(init_global)
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:
-                return _loop(session, run, model, eval_model, sample_model, saver, best_saver,
-                             summaries, save_dir, stop, max_steps, max_minutes)
+                trainer = Trainer(run, rundir, session, model, eval_model, sample_model, saver, best_saver,
+                                  summaries, stop)
+                return trainer.run(max_steps, max_minutes)
             finally:
                 summaries.close()
 
 
-def _loop(session, run, model, eval_model, sample_model, saver, best_saver, summaries, save_dir, stop,
-          max_steps, max_minutes):
-    c, loader = run.config, run.train
-    step = int(session.run(model.global_step))
-    total_steps = c.num_epochs * loader.num_batches
-    chars_per_step = c.batch_size * c.seq_length
-    best_path = os.path.join(save_dir, checkpoint.BEST_DIR)
-    best = _read_best(best_path)
-    evals_since_best = 0
-    log(f"training: {loader.num_batches} batches/epoch, {c.num_epochs} epochs, "
-        f"{total_steps} steps; starting at step {step}")
+class Trainer:
+    """The training loop over built graphs in a session, in named steps: ``train_step``,
+    ``validate``, ``save`` and ``stop_reason``; ``run`` calls them in order."""
 
-    def save():
-        path = _save(saver, session, save_dir, step, c, run.vocab)
-        log(f"saved {path}")
-        return path
+    def __init__(self, run, rundir, session, model, eval_model, sample_model, saver, best_saver,
+                 summaries, stop):
+        self.run_data, self.config, self.loader = run, run.config, run.train
+        self.rundir, self.session = rundir, session
+        self.model, self.eval_model, self.sample_model = model, eval_model, sample_model
+        self.saver, self.best_saver = saver, best_saver
+        self.summaries, self.stop = summaries, stop
+        self.step = int(session.run(model.global_step))
+        self.total_steps = self.config.num_epochs * self.loader.num_batches
+        self.best = rundir.read_best()
+        self.evals_since_best = 0
+        self.history = []
+        self.first_step = self.step  # where this invocation started
+        self.started = time.time()
 
-    def validate():
-        nonlocal best, evals_since_best
-        val_loss = evaluate(session, eval_model, run.val)
-        summaries.scalars(summaries.val, step, loss=val_loss, bits_per_char=val_loss / LN2)
-        summaries.text(summaries.val, step, "sample", _sample_text(session, sample_model, run.vocab, step))
-        release_free_memory()  # the sampler's first run compiles it
-        improved = best is None or val_loss < best[1]
-        if improved:
-            best = (step, val_loss)
-            evals_since_best = 0
-            os.makedirs(best_path, exist_ok=True)
-            _save(best_saver, session, best_path, step)
-            _write_best(best_path, step, val_loss)
-        else:
-            evals_since_best += 1
-        history.append({"minutes": round((time.time() - started) / 60, 2), "step": step,
-                        "val_loss": round(val_loss, 4)})
-        log(f"validation at step {step}: {val_loss:.4f} nats/char, {val_loss / LN2:.4f} bits/char"
-            + (" (best)" if improved else f" (best {best[1]:.4f} at step {best[0]})"))
-        return val_loss
-
-    if step >= total_steps:
-        log(f"nothing to do: step {step} already reaches {c.num_epochs} epochs; raise --num_epochs to go on")
-        return {"status": "complete", "step": step}
-
-    losses, norms, history = [], [], []
-    started = time.time()
-    interval_seconds, interval_steps = 0.0, 0  # time inside training steps only, not eval or saves
-    steps_this_run = 0
-    last_loss = val_loss = None
-    status = "complete"
-    first = True
-    while step < total_steps:
-        epoch, k = loader.position(step)
-        if k == 0 or first:
+    def train_step(self):
+        """One batch: set the epoch's learning rate (and reset the state) when an epoch starts or
+        the run resumes, run the update, refuse a non-finite result; return (loss, grad norm)."""
+        model = self.model
+        epoch, k = self.loader.position(self.step)
+        if k == 0 or self.step == self.first_step:
             if k == 0:
-                session.run(model.reset_state_op)
-            model.assign_lr(session, c.learning_rate * c.decay_rate ** epoch)
-            first = False
-        step_start = time.perf_counter()
-        x, y = loader.batch(k)
-        _, loss, norm = session.run([model.train_op, model.loss, model.grad_norm],
-                                    {model.inputs: x, model.targets: y})
-        interval_seconds += time.perf_counter() - step_start
-        if steps_this_run == 0:
-            release_free_memory()  # what compiling the step used and freed
+                self.session.run(model.reset_state_op)
+            model.assign_lr(self.session, self.learning_rate(epoch))
+        x, y = self.loader.batch(k)
+        _, loss, norm = self.session.run([model.train_op, model.loss, model.grad_norm],
+                                         {model.inputs: x, model.targets: y})
         if not (math.isfinite(loss) and math.isfinite(norm)):
             # A non-finite gradient norm means this step's update already spoiled the weights.
             what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
-            raise TrainingError(f"training diverged: {what} at step {step + 1}; nothing was saved "
+            raise TrainingError(f"training diverged: {what} at step {self.step + 1}; nothing was saved "
                                 "after the last checkpoint. Lower --learning_rate or --grad_clip and resume")
-        step += 1
-        steps_this_run += 1
-        interval_steps += 1
-        losses.append(loss)
-        norms.append(norm)
-        last_loss = loss
-        end_of_epoch = step % loader.num_batches == 0
+        self.step += 1
+        return float(loss), float(norm)
 
-        if step % c.print_every == 0 or step == total_steps:
-            ms_per_step = 1000 * interval_seconds / interval_steps
-            chars_per_sec = interval_steps * chars_per_step / interval_seconds
-            eta = (total_steps - step) * (time.time() - started) / steps_this_run  # wall clock, incl. evals
-            lr = c.learning_rate * c.decay_rate ** epoch
-            print(f"step {step}/{total_steps}  epoch {epoch + 1}/{c.num_epochs}  "
-                  f"loss {np.mean(losses):.4f}  lr {lr:.2e}  {ms_per_step:.1f} ms/step  "
-                  f"{chars_per_sec:,.0f} chars/s  ETA {_duration(eta)}", flush=True)
-            summaries.scalars(summaries.train, step, loss=np.mean(losses), learning_rate=lr,
-                              grad_norm=np.mean(norms), chars_per_sec=chars_per_sec,
-                              bits_per_char=np.mean(losses) / LN2)
-            losses, norms = [], []
-            interval_seconds, interval_steps = 0.0, 0
+    def learning_rate(self, epoch):
+        """Decayed once per epoch: the learning rate is a function of the step, so resume is exact."""
+        return self.config.learning_rate * self.config.decay_rate ** epoch
 
-        if eval_model is not None and (step % c.eval_every == 0 or end_of_epoch or step == total_steps):
-            val_loss = validate()
-            if c.patience and evals_since_best >= c.patience:
-                log(f"stopping: no validation improvement in {c.patience} evaluations")
-                status = "patience"
-                break
-        if stop.signum is not None:
-            status = "interrupted"
-            break
+    def validate(self):
+        """Loss over every validation character, summaries, a sample, and the best checkpoint."""
+        summaries, step = self.summaries, self.step
+        val_loss = evaluate_stream(self.session, self.eval_model, self.run_data.val)
+        summaries.scalars(summaries.val, step, loss=val_loss, bits_per_char=val_loss / LN2)
+        summaries.text(summaries.val, step, "sample", self._sample_text())
+        release_free_memory()  # the sampler's first run compiles it
+        improved = self.best is None or val_loss < self.best[1]
+        if improved:
+            self.best = (step, val_loss)
+            self.evals_since_best = 0
+            self.rundir.save_best(self.best_saver, self.session, step, val_loss)
+        else:
+            self.evals_since_best += 1
+        self.history.append({"minutes": round((time.time() - self.started) / 60, 2), "step": step,
+                             "val_loss": round(val_loss, 4)})
+        log(f"validation at step {step}: {val_loss:.4f} nats/char, {val_loss / LN2:.4f} bits/char"
+            + (" (best)" if improved else f" (best {self.best[1]:.4f} at step {self.best[0]})"))
+        return val_loss
+
+    def save(self):
+        path = self.rundir.save(self.saver, self.session, self.step, self.config, self.run_data.vocab)
+        log(f"saved {path}")
+        return path
+
+    def stop_reason(self, steps_this_run, max_steps, max_minutes):
+        """Why the loop stops after this step (a status), or None to go on."""
+        c = self.config
+        if c.patience and self.evals_since_best >= c.patience:
+            log(f"stopping: no validation improvement in {c.patience} evaluations")
+            return "patience"
+        if self.stop.signum is not None:
+            return "interrupted"
         if max_steps is not None and steps_this_run >= max_steps:
-            status = "max_steps"
-            break
-        if max_minutes is not None and time.time() - started >= 60 * max_minutes:
-            status = "max_minutes"
-            break
-        if step % c.save_every == 0 and step < total_steps:
-            save()
+            return "max_steps"
+        if max_minutes is not None and time.time() - self.started >= 60 * max_minutes:
+            return "max_minutes"
+        return None
 
-    path = save()
-    _plot(summaries, save_dir)
-    minutes = (time.time() - started) / 60
-    if status == "interrupted":
-        log(f"interrupted by {signal.Signals(stop.signum).name} at step {step}; "
-            "run the same command to resume")
-    log(f"{status}: step {step}/{total_steps}, train loss {last_loss:.4f}, {minutes:.1f} min this run"
-        + (f", best validation {best[1]:.4f} nats/char at step {best[0]}" if best else ""))
-    return {"status": status, "step": step, "loss": float(last_loss), "path": path,
-            "val_loss": val_loss, "best": best, "signum": stop.signum, "history": history,
-            "minutes": minutes}
+    def run(self, max_steps=None, max_minutes=None):
+        c, loader = self.config, self.loader
+        log(f"training: {loader.num_batches} batches/epoch, {c.num_epochs} epochs, "
+            f"{self.total_steps} steps; starting at step {self.step}")
+        if self.step >= self.total_steps:
+            log(f"nothing to do: step {self.step} already reaches {c.num_epochs} epochs; "
+                "raise --num_epochs to go on")
+            return TrainResult("complete", self.step, best=self.best)
+
+        progress = _Progress(self)
+        steps_this_run = 0
+        loss = val_loss = None
+        status = "complete"
+        while self.step < self.total_steps:
+            step_start = time.perf_counter()
+            loss, norm = self.train_step()
+            progress.add(time.perf_counter() - step_start, loss, norm)
+            if steps_this_run == 0:
+                release_free_memory()  # what compiling the step used and freed
+            steps_this_run += 1
+            step = self.step
+            end_of_epoch = step % loader.num_batches == 0
+            if step % c.print_every == 0 or step == self.total_steps:
+                progress.report(steps_this_run)
+            if self.eval_model is not None and (step % c.eval_every == 0 or end_of_epoch
+                                                or step == self.total_steps):
+                val_loss = self.validate()
+            status = self.stop_reason(steps_this_run, max_steps, max_minutes) or status
+            if status != "complete":
+                break
+            if step % c.save_every == 0 and step < self.total_steps:
+                self.save()
+
+        path = self.save()
+        _plot(self.summaries, self.rundir.plot_path)
+        minutes = (time.time() - self.started) / 60
+        if status == "interrupted":
+            log(f"interrupted by {signal.Signals(self.stop.signum).name} at step {self.step}; "
+                "run the same command to resume")
+        log(f"{status}: step {self.step}/{self.total_steps}, train loss {loss:.4f}, {minutes:.1f} min this run"
+            + (f", best validation {self.best[1]:.4f} nats/char at step {self.best[0]}" if self.best else ""))
+        return TrainResult(status, self.step, loss=loss, val_loss=val_loss, best=self.best, path=path,
+                           signum=self.stop.signum, history=self.history, minutes=minutes)
+
+    def _sample_text(self, n=300):
+        """``n`` characters from the current weights, primed with a newline (or the first character)."""
+        model, vocab = self.sample_model, self.run_data.vocab
+        prime = [vocab.index.get("\n", 0)]
+        generated = self.session.run(model.generated, {model.prime: prime, model.num_chars: n,
+                                                       model.seed: self.step})
+        return vocab.decode(generated)
 
 
-def _sample_text(session, model, vocab, step, n=300):
-    """``n`` characters from the current weights, primed with a newline (or the first character)."""
-    prime = [vocab.index.get("\n", 0)]
-    generated = session.run(model.generated, {model.prime: prime, model.num_chars: n, model.seed: step})
-    return vocab.decode(generated)
+class _Progress:
+    """The progress line and training summaries every ``print_every`` steps: mean loss and
+    gradient norm since the last line, and speed over the time spent in training steps only."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.losses, self.norms = [], []
+        self.seconds = 0.0
+
+    def add(self, seconds, loss, norm):
+        self.seconds += seconds
+        self.losses.append(loss)
+        self.norms.append(norm)
+
+    def report(self, steps_this_run):
+        t = self.trainer
+        c, step, total = t.config, t.step, t.total_steps
+        epoch = (step - 1) // t.loader.num_batches
+        ms_per_step = 1000 * self.seconds / len(self.losses)
+        chars_per_sec = len(self.losses) * c.batch_size * c.seq_length / self.seconds
+        eta = (total - step) * (time.time() - t.started) / steps_this_run  # wall clock, incl. evals
+        lr, loss = t.learning_rate(epoch), np.mean(self.losses)
+        print(f"step {step}/{total}  epoch {epoch + 1}/{c.num_epochs}  loss {loss:.4f}  lr {lr:.2e}  "
+              f"{ms_per_step:.1f} ms/step  {chars_per_sec:,.0f} chars/s  ETA {_duration(eta)}", flush=True)
+        t.summaries.scalars(t.summaries.train, step, loss=loss, learning_rate=lr,
+                            grad_norm=np.mean(self.norms), chars_per_sec=chars_per_sec, bits_per_char=loss / LN2)
+        self.losses, self.norms, self.seconds = [], [], 0.0
 
 
-def _save(saver, session, directory, step, config=None, vocab=None):
-    """Saver.save (after config and vocabulary, if given), a failed write made a clear error.
-
-    Config and vocabulary go first (atomic writes), so a checkpoint never exists without them;
-    written only here, a run that fails before its first save changes nothing on disk.
-    TensorFlow writes the new files under temporary names and updates the 'checkpoint' list
-    only after they are complete, so the previous checkpoint stays the one a resume loads.
-    """
-    tf, _ = load()
-    try:
-        if config is not None:
-            save_config(config, directory)
-            vocab.save(directory)
-        return saver.save(session, os.path.join(directory, checkpoint.CHECKPOINT_PREFIX), global_step=step)
-    except (OSError, tf.errors.OpError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"could not save the step-{step} checkpoint in {directory} ({reason}); "
-                              "free disk space and run again: the previous checkpoint is kept")
+def _check_log_dir(log_dir):
+    """Refuse a --log_dir that cannot hold TensorBoard's runs before anything else happens."""
+    for path in (log_dir, os.path.join(log_dir, "train"), os.path.join(log_dir, "val")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"--log_dir {log_dir}: {path} is a file, not a directory; "
+                              "choose another --log_dir or move the file")
 
 
-def _plot(summaries, save_dir):
-    """Draw the loss curves into save_dir/loss.png; a failed plot never fails the run."""
+def _plot(summaries, path):
+    """Draw the loss curves into ``path``; a failed plot never fails the run."""
     from charrnn.plot import plot_losses  # matplotlib loads only when a run ends
 
     summaries.train.flush()
     summaries.val.flush()
     try:
-        log(f"plot: {plot_losses(summaries.log_dir, os.path.join(save_dir, 'loss.png'))}")
+        log(f"plot: {plot_losses(summaries.log_dir, path)}")
     except (CharRNNError, OSError, ValueError) as e:
         log(f"warning: no loss plot ({e})")
-
-
-def _read_best(best_path):
-    try:
-        with open(os.path.join(best_path, "best.json"), encoding="utf-8") as f:
-            obj = json.load(f)
-        return int(obj["step"]), float(obj["val_loss"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _write_best(best_path, step, val_loss):
-    write_json_atomic(os.path.join(best_path, "best.json"),
-                      {"step": step, "val_loss": val_loss, "bits_per_char": val_loss / LN2})
 
 
 def _duration(seconds):

@@ -8,9 +8,10 @@ import pytest
 from absl import flags
 
 from charrnn.cli import config_argv, config_from_flags, define_config_flags
-from charrnn.config import FIXED_FIELDS, Config, flag_fields, load_config
+from charrnn.config import FIXED_FIELDS, Config, flag_fields
 from charrnn.errors import ConfigError
 from charrnn.presets import PRESETS
+from charrnn.rundir import RunDir
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "release-0.1.0", "savedir")
 FLAG_NAMES = [f.name for f in flag_fields()]
@@ -131,6 +132,6 @@ def test_config_argv_gives_back_the_same_config():
 def test_the_0_1_0_fixture_config_loads_to_the_same_values():
     with open(os.path.join(FIXTURE, "config.json"), encoding="utf-8") as f:
         raw = json.load(f)["config"]
-    config = load_config(FIXTURE)
+    config = RunDir(FIXTURE).read_config()
     assert dataclasses.asdict(config) == raw
     assert all(type(getattr(config, f.name)) is f.type for f in dataclasses.fields(Config))

@@ -10,7 +10,7 @@ import pytest
 from charrnn import train as trainer
 from charrnn.errors import ConfigError, DataError
 from charrnn.evaluate import evaluate_text
-from charrnn.sample import resolve_checkpoint
+from charrnn.rundir import RunDir
 from charrnn.tfcompat import load
 from conftest import make_data_dir, run_cli, tiny_config
 
@@ -52,7 +52,7 @@ def test_zero_softmax_scores_exactly_ln_vocab(trained, tmp_path):
     _, save, config = trained
     copy = str(tmp_path / "save")
     shutil.copytree(save, copy)
-    prefix = resolve_checkpoint(copy, "latest")
+    prefix = RunDir(copy).resolve("latest")
     assert prefix == os.path.join(copy, "model.ckpt-10")
     _zero_softmax(copy, prefix)
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from charrnn import checkpoint
+from charrnn import rundir
 from charrnn import train as trainer
 from charrnn.errors import CheckpointError, ConfigError, TrainingError
 from charrnn.tfcompat import load
@@ -40,7 +40,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, dropout, extra):
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert checkpoint.usable_checkpoint(str(save)).endswith("model.ckpt-10")
+    assert rundir.usable_checkpoint(str(save)).endswith("model.ckpt-10")
     resumed = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
                       tmp_path / "logs")
     assert resumed.returncode == 0, resumed.stderr
@@ -75,7 +75,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous_with_a_warning(tmp_pat
     data, save, config = _trained(tmp_path)
     _damage(os.path.join(save, "model.ckpt-6"), how)
     warnings = []
-    assert checkpoint.usable_checkpoint(save, warnings.append).endswith("model.ckpt-4")
+    assert rundir.usable_checkpoint(save, warnings.append).endswith("model.ckpt-4")
     assert len(warnings) == 1 and "model.ckpt-6 is damaged" in warnings[0]
     result = run_cli("charrnn-train", "--data_dir", data, "--save_dir", save, "--log_dir",
                      tmp_path / "logs", "--max_steps", 1)
@@ -100,14 +100,14 @@ def test_garbled_checkpoint_list_still_finds_the_files(tmp_path):
     _, save, _ = _trained(tmp_path)
     with open(os.path.join(save, "checkpoint"), "w") as f:
         f.write("model_checkpoint_path: \x00\x01 garbage {{{")
-    assert checkpoint.usable_checkpoint(save).endswith("model.ckpt-6")
+    assert rundir.usable_checkpoint(save).endswith("model.ckpt-6")
 
 
 def test_second_trainer_on_the_same_save_dir_is_refused_and_a_dead_holder_is_not(tmp_path):
     data, save, _ = _trained(tmp_path, steps=2)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from charrnn.checkpoint import SaveDirLock\n"
-         f"lock = SaveDirLock({save!r}).__enter__(); print('locked', flush=True); time.sleep(600)"],
+        [sys.executable, "-c", "import sys, time; from charrnn.rundir import RunDir\n"
+         f"hold = RunDir({save!r}).training(); hold.__enter__(); print('locked', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     before = snapshot(save)
@@ -117,7 +117,7 @@ def test_second_trainer_on_the_same_save_dir_is_refused_and_a_dead_holder_is_not
     assert snapshot(save) == before
     holder.kill()
     holder.wait()
-    with checkpoint.SaveDirLock(save):  # the kernel released the dead process's lock
+    with rundir.RunDir(save).training():  # the kernel released the dead process's lock
         pass
 
 
@@ -147,9 +147,10 @@ def test_simulated_write_error_during_save_keeps_the_previous_checkpoint(tmp_pat
     with pytest.raises(CheckpointError, match="could not save the step-4 checkpoint.*No space left"):
         trainer.train(run, save, str(tmp_path / "logs"))
     monkeypatch.setattr(tf1.train.Saver, "save", real_save)
+    assert not glob.glob(os.path.join(save, "model.ckpt-4*"))  # the partial file is gone
     warnings = []
-    assert checkpoint.usable_checkpoint(save, warnings.append).endswith("model.ckpt-2")
-    assert "model.ckpt-4 is damaged" in warnings[0]
+    assert rundir.usable_checkpoint(save, warnings.append).endswith("model.ckpt-2")
+    assert warnings == []
 
 
 def test_real_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path):
@@ -182,8 +183,11 @@ def test_real_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path):
         second = run_cli("charrnn-train", *args, "--max_steps", 3)
         assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
         assert "could not save the step-6 checkpoint" in second.stderr
+        assert "No space left on device" in second.stderr
+        assert not [n for n in os.listdir(save) if n.startswith("model.ckpt-6")], os.listdir(save)
+        assert not [n for n in os.listdir(save / "best") if "ckpt-6" in n] if (save / "best").exists() else True
         os.unlink(mount / "filler")
-        assert checkpoint.usable_checkpoint(str(save), lambda m: None).endswith("model.ckpt-3")
+        assert rundir.usable_checkpoint(str(save), lambda m: None).endswith("model.ckpt-3")
         for name in ("config.json", "vocab.json", "model.ckpt-3.index"):
             assert snapshot(save)[name] == before[name]
         resumed = run_cli("charrnn-train", *args, "--max_steps", 1)

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from charrnn import train as trainer
-from charrnn.config import load_config
+from charrnn.rundir import RunDir
 from charrnn.errors import ConfigError
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, snapshot, tiny_config
@@ -27,13 +27,13 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
     batches = run.train.num_batches
     k = batches + 5  # the interruption falls mid-way through epoch 1
     first = trainer.train(run, save, logs, max_steps=k)
-    assert first["status"] == "max_steps" and first["step"] == k
+    assert first.status == "max_steps" and first.step == k
     saved = checkpoint_tensors(save)
     assert saved["model/global_step"] == k
     assert saved["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
 
     run2, second = _train(config, data, save, logs, max_steps=1)
-    assert run2.resume and second["step"] == k + 1
+    assert run2.resume and second.step == k + 1
     after = checkpoint_tensors(save)
     assert after["model/global_step"] == k + 1
     assert after["model/learning_rate"] == pytest.approx(1e-2 * 0.5)
@@ -44,7 +44,7 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
 
     # Run to the end: the total step count is num_epochs * batches, as if never interrupted.
     _, last = _train(config, data, save, logs)
-    assert last["status"] == "complete" and last["step"] == 3 * batches
+    assert last.status == "complete" and last.step == 3 * batches
 
 
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3}])
@@ -88,7 +88,7 @@ def test_fresh_starts_over(write_data, tmp_path):
     _train(tiny_config(), data, save, str(tmp_path / "logs"), max_steps=4)
     run = trainer.prepare(tiny_config(hidden_size=24), data, save, explicit=("hidden_size",), fresh=True)
     result = trainer.train(run, save, str(tmp_path / "logs"), max_steps=2)
-    assert result["step"] == 2 and load_config(save).hidden_size == 24
+    assert result.step == 2 and RunDir(save).read_config().hidden_size == 24
 
 
 def test_moved_save_dir_still_resumes(write_data, tmp_path):
@@ -98,7 +98,7 @@ def test_moved_save_dir_still_resumes(write_data, tmp_path):
     with open(tmp_path / "new" / "checkpoint") as f:
         assert str(tmp_path) not in f.read()  # relative paths only
     _, result = _train(tiny_config(), data, str(tmp_path / "new"), str(tmp_path / "logs"), max_steps=1)
-    assert result["step"] == 4
+    assert result.step == 4
 
 
 def test_validation_best_checkpoint_and_summaries(write_data, tmp_path):
@@ -109,7 +109,7 @@ def test_validation_best_checkpoint_and_summaries(write_data, tmp_path):
     _, result = _train(config, data, save, logs)
     with open(os.path.join(save, "best", "best.json")) as f:
         best = json.load(f)
-    assert best["step"] == result["best"][0] and best["val_loss"] == pytest.approx(result["best"][1])
+    assert best["step"] == result.best[0] and best["val_loss"] == pytest.approx(result.best[1])
     assert glob.glob(os.path.join(save, "best", "model.ckpt-*.index"))
 
     def tags(run):
@@ -127,4 +127,4 @@ def test_patience_stops_training(write_data, tmp_path):
     data = write_data(TEXT * 2)
     config = tiny_config(val_frac=0.2, eval_every=1, num_epochs=50, learning_rate=0.5, patience=2)
     _, result = _train(config, data, str(tmp_path / "s"), str(tmp_path / "l"))
-    assert result["status"] == "patience"
+    assert result.status == "patience"

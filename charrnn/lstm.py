@@ -1,0 +1,140 @@
+"""The LSTM math, apart from the graphs that use it (as torch-rnn keeps LSTM.lua apart).
+
+LSTMCell's gate layout and forget bias (:func:`lstm_activations`), its state update
+(:func:`lstm_update`), a whole layer over time with its backward pass written out
+(:func:`lstm_layer`), the product whose gradient uses a pretransposed weight
+(:func:`matmul_pretransposed`) and the top-k/top-p filter on logits (:func:`filter_logits`).
+charrnn/model.py assembles the training, evaluation and sampling graphs from these; the default
+training graph uses LSTMCell itself, and tests check that both agree.
+"""
+from charrnn.tfcompat import load
+
+
+def lstm_activations(gates):
+    """LSTMCell's gate activations from its pre-activations (B, 4H): input i, candidate j,
+    forget f (forget bias 1) and output o, each (B, H)."""
+    tf, _ = load()
+    i, j, f, o = tf.split(gates, 4, axis=1)
+    return tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + 1.0), tf.sigmoid(o)
+
+
+def lstm_update(gates, cell):
+    """LSTMCell's state update from its pre-activations (B, 4H): the new (cell, hidden).
+
+    The layerwise training graph and the sampler use it on LSTMCell's own variables, so their
+    math is the cell's exactly (tests compare both against it).
+    """
+    tf, _ = load()
+    i, j, f, o = lstm_activations(gates)
+    cell = f * cell + i * j
+    return cell, o * tf.tanh(cell)
+
+
+def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
+    """One LSTM layer over time: projected (T, B, 4H) input pre-activations (bias included),
+    recurrent (H, 4H), initial state (B, H) each -> outputs (T, B, H), final cell, final hidden.
+
+    With ``recurrent_t`` (recurrent transposed, (4H, H)) the gradient is written out instead of
+    derived by TensorFlow from the loop: a reverse loop carries (dh, dc) and multiplies by
+    ``recurrent_t`` (a plain product; TF's derived loop multiplies by the transpose in place, which
+    XLA runs 25-50% slower on this CPU), and the recurrent weights' gradient is one (H, T*B) @ (T*B, 4H)
+    product after the loop instead of a small product plus a running sum at every time step.
+    The math is lstm_update's; tests compare every gradient with TensorFlow's own.
+    """
+    tf, _ = load()
+    T = tf.shape(projected)[0]
+    steps = tf.TensorArray(tf.float32, size=T).unstack(projected)
+
+    if recurrent_t is None:
+        def body(t, cell, hidden, outputs):
+            cell, hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)
+            return t + 1, cell, hidden, outputs.write(t, hidden)
+
+        _, cell, hidden, outputs = tf.while_loop(
+            lambda t, *_: t < T, body, [tf.constant(0), cell, hidden, tf.TensorArray(tf.float32, size=T)])
+        return outputs.stack(), cell, hidden
+
+    @tf.custom_gradient
+    def layer(projected, recurrent, recurrent_t, cell0, hidden0):
+        def body(t, cell, hidden, outputs, cells, activations):
+            i, j, f, o = lstm_activations(steps.read(t) + tf.matmul(hidden, recurrent))
+            cell = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
+            hidden = o * tf.tanh(cell)
+            return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
+                    activations.write(t, tf.concat([i, j, f, o], 1)))
+
+        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(3)]
+        _, cell, hidden, outputs, cells, activations = tf.while_loop(
+            lambda t, *_: t < T, body, [tf.constant(0), cell0, hidden0] + arrays)
+        outputs, cells, activations = outputs.stack(), cells.stack(), activations.stack()
+
+        def grad(d_outputs, d_cell, d_hidden):
+            d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
+            d_cell = tf.zeros_like(cell0) if d_cell is None else d_cell
+            d_hidden = tf.zeros_like(hidden0) if d_hidden is None else d_hidden
+            # Everything that does not depend on the carried (dh, dc) is computed for all time
+            # steps at once, so the reverse loop is one product and one small fusion per step.
+            previous_cells = tf.concat([cell0[None], cells[:-1]], 0)  # (T, B, H)
+            tanh_cells = tf.tanh(cells)
+            i, j, f, o = tf.split(activations, 4, axis=2)
+            h_to_c = o * (1.0 - tanh_cells * tanh_cells)  # dc += dh * h_to_c
+            # d_gates = [dc, dc, dc, dh] * local, the activations' derivatives times their partners
+            local = tf.concat([j * i * (1.0 - i), i * (1.0 - j * j), previous_cells * f * (1.0 - f),
+                               tanh_cells * o * (1.0 - o)], 2)  # (T, B, 4H)
+            d_steps = tf.TensorArray(tf.float32, size=T)
+
+            def back(k, d_hidden, d_cell, d_steps):
+                t = T - 1 - k
+                d_h = d_outputs[t] + d_hidden
+                d_c = d_cell + d_h * h_to_c[t]
+                d_gates = tf.concat([d_c, d_c, d_c, d_h], 1) * local[t]  # (B, 4H)
+                return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f[t], d_steps.write(t, d_gates)
+
+            _, d_hidden, d_cell, d_steps = tf.while_loop(
+                lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps])
+            d_steps = d_steps.stack()  # (T, B, 4H): the gradient of `projected`
+            previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
+            H = tf.shape(hidden0)[1]
+            d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
+                                    tf.reshape(d_steps, [-1, 4 * H]), transpose_a=True)
+            return d_steps, d_recurrent, None, d_cell, d_hidden
+
+        return (outputs, cell, hidden), grad
+
+    return layer(projected, recurrent, recurrent_t, cell, hidden)
+
+
+def matmul_pretransposed(x, w, w_t):
+    """x (..., K) @ w (K, N), whose input gradient multiplies by ``w_t`` = w^T, a separate input:
+    under XLA on a CPU a product with a transposed operand runs 25-50% slower."""
+    tf, _ = load()
+
+    @tf.custom_gradient
+    def product(x, w, w_t):
+        K, N = tf.shape(w)[0], tf.shape(w)[1]
+        flat = tf.reshape(x, [-1, K])
+
+        def grad(dy):
+            dy = tf.reshape(dy, [-1, N])
+            return (tf.reshape(tf.matmul(dy, w_t), tf.shape(x)),
+                    tf.matmul(flat, dy, transpose_a=True), None)
+
+        return tf.reshape(tf.matmul(flat, w), tf.concat([tf.shape(x)[:-1], [N]], 0)), grad
+
+    return product(x, w, w_t)
+
+
+def filter_logits(logits, top_k, top_p):
+    """Keep the top_k logits (0 = all), then the smallest set with probability >= top_p."""
+    tf, _ = load()
+    vocab = tf.shape(logits)[-1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)
+    kth = tf.gather(sorted_logits, k - 1, axis=-1)[..., None]
+    logits = tf.where(logits < kth, tf.fill(tf.shape(logits), -1e9), logits)
+    sorted_logits = tf.sort(logits, direction="DESCENDING", axis=-1)
+    mass_before = tf.cumsum(tf.nn.softmax(sorted_logits), axis=-1, exclusive=True)
+    # Every token whose preceding mass is below top_p: the smallest set reaching top_p.
+    kept = tf.reduce_sum(tf.cast(mass_before < top_p, tf.int32), axis=-1)
+    cutoff = tf.gather(sorted_logits, tf.maximum(kept, 1) - 1, axis=-1, batch_dims=1)[..., None]
+    return tf.where(logits < cutoff, tf.fill(tf.shape(logits), -1e9), logits)
