@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from charrnn.cli import config_from_flags, define_config_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TrainGraph  # noqa: E402
-from charrnn.tfcompat import load, session_config  # noqa: E402
+from charrnn.tfcompat import cpu_model, load, session_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 6, "Timed rounds, each running every graph for one window.")
@@ -97,8 +97,8 @@ def main():
             if round_:
                 times[name].append((time.perf_counter() - t0) / FLAGS.window)
     chars = config.batch_size * config.seq_length
-    result = {"config": {k: getattr(config, k) for k in
-                         ("hidden_size", "num_layers", "batch_size", "seq_length", "xla")},
+    result = {"cpu": cpu_model(), "config": {k: getattr(config, k) for k in
+                                             ("hidden_size", "num_layers", "batch_size", "seq_length", "xla")},
               "rounds": FLAGS.rounds}
     for name, ts in times.items():
         ms = 1000 * statistics.median(ts)

@@ -13,7 +13,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from charrnn.tfcompat import load  # noqa: E402
+from charrnn.tfcompat import cpu_model, load  # noqa: E402
 
 tf, tf1 = load()
 data, mode, minutes = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -37,6 +37,7 @@ try:
     run = trainer.prepare(Config(eval_every=200, num_epochs=50), os.path.join(work, "data"),
                           os.path.join(work, "save"), fresh=True)
     result = trainer.train(run, os.path.join(work, "save"), os.path.join(work, "logs"), max_minutes=minutes)
-    print(json.dumps({"embedding_init": mode, "steps": result.step, "curve": result.history}))
+    print(json.dumps({"cpu": cpu_model(), "embedding_init": mode, "steps": result.step,
+                      "curve": result.history}))
 finally:
     shutil.rmtree(work, ignore_errors=True)

@@ -26,6 +26,7 @@ from charrnn import train as trainer  # noqa: E402
 from charrnn.cli import benchmark_config, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.sample import Sampler  # noqa: E402
+from charrnn.tfcompat import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("minutes", 30, "Wall-clock budget of the training run, evaluations included.")
@@ -55,7 +56,7 @@ def main():
         c = run.config
         best_step, best = result.best
         print(json.dumps({
-            "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
+            "cpu": cpu_model(), "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
             "config": {k: v for k, v in dataclasses.asdict(c).items() if k != "data_sha256"},
             "minutes": round(result.minutes, 2), "steps": result.step,
             "chars_seen": result.step * c.batch_size * c.seq_length,

@@ -6,17 +6,19 @@
 set -euo pipefail
 data=$1; rounds=${2:-3}; torch_python=${3:-python3}
 here=$(cd "$(dirname "$0")" && pwd)
+# The CPU model beside every line: AMD and Intel parts rank these graphs differently.
+cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 reference=$here/../../shared/bench/torch_lstm.py
 for round in $(seq "$rounds"); do
   for hidden in 256 512; do
     steps=$([ "$hidden" = 256 ] && echo 40 || echo 20)
-    echo "round $round hidden $hidden torch $("$torch_python" "$reference" "$data" --hidden "$hidden" --steps "$steps")"
+    echo "[$cpu] round $round hidden $hidden torch $("$torch_python" "$reference" "$data" --hidden "$hidden" --steps "$steps")"
     # speed.py's defaults are charrnn-train's (XLA on): the plain graph needs --noxla.
     for graph in "cell --noxla" "cell --xla" "layerwise --xla"; do
       # shellcheck disable=SC2086
       result=$(python "$here/speed.py" --data "$data" --hidden_size "$hidden" --rnn_impl $graph \
                --skip_startup --steps "$steps" 2>/dev/null | tail -1)
-      echo "round $round hidden $hidden charrnn[$graph] $result"
+      echo "[$cpu] round $round hidden $hidden charrnn[$graph] $result"
     done
   done
 done

@@ -32,7 +32,7 @@ from charrnn import train as trainer  # noqa: E402
 from charrnn.cli import benchmark_config, config_argv, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TrainGraph  # noqa: E402
-from charrnn.tfcompat import load, session_config  # noqa: E402
+from charrnn.tfcompat import cpu_model, load, session_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 60, "Training steps timed after 10 warm-up steps.")
@@ -157,7 +157,7 @@ def main():
         os.makedirs(data_dir)
         shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
         run = trainer.prepare(config, data_dir, os.path.join(work, "unused"))
-        result = {"config": {k: getattr(run.config, k) for k in
+        result = {"cpu": cpu_model(), "config": {k: getattr(run.config, k) for k in
                              ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla")},
                   "training": training_speed(run, FLAGS.steps)}
         save_dir = os.path.join(work, "save")

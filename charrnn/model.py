@@ -18,6 +18,8 @@ from charrnn.lstm import filter_logits, lstm_layer, lstm_update, matmul_pretrans
 from charrnn.tfcompat import load
 
 MAX_CHUNK = 4096  # most characters one sampling session.run generates
+NOISE_BLOCK_FLOATS = 1 << 22  # sampling noise per block: 16 MB, whatever the vocabulary
+TABLE_FLOATS = 1 << 24  # the sampler's (V, 4H) input table up to 64 MB; larger, one product per character
 SCOPE = "model"
 
 
@@ -337,7 +339,7 @@ class EvalGraph:
 class SampleGraph:
     """Read a prime, then generate ``num_chars`` characters, in one session.run.
 
-    Inputs: ``prime`` (P,) int32 ids, P >= 1; ``num_chars`` (<= MAX_CHUNK); ``seed``, ``offset``
+    Inputs: ``prime`` (P,) int32 ids, P >= 1; ``num_chars`` (<= ``max_chunk``); ``seed``, ``offset``
     (the absolute position of this chunk's first character), ``temperature``, ``greedy``,
     ``top_k``, ``top_p``; ``initial_state`` (default zeros). Outputs: ``generated`` (num_chars,)
     ids and ``final_state``, drawn from the whole tempered distribution, and
@@ -355,6 +357,7 @@ class SampleGraph:
         tf, tf1 = load()
         H, V = config.hidden_size, config.vocab_size
         weights = ModelWeights(config)
+        self.max_chunk = max_chunk(V)  # num_chars may not exceed it
         self.prime = tf1.placeholder(tf.int32, [None], "prime")  # (P,)
         self.num_chars = tf1.placeholder(tf.int32, [], "num_chars")
         self.seed = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], "seed")
@@ -375,51 +378,74 @@ class SampleGraph:
         # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
         # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
         recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
-        table = weights.input_table()  # (V, 4H)
-        noise = _gumbel_noise(self.seed, self.offset, V, self.greedy)  # (MAX_CHUNK, V)
+        if V * 4 * H <= TABLE_FLOATS:
+            table = weights.input_table()  # (V, 4H)
+
+            def input_gates(ids):  # layer 0's input pre-activations of ids (1,): (1, 4H)
+                return tf.gather(table, ids)
+        else:  # a huge vocabulary: keep the table's memory, pay one (1, H) x (H, 4H) product
+            input0 = tf.identity(weights.input_kernel(0))  # (H, 4H), split outside the loop too
+
+            def input_gates(ids):
+                return tf.matmul(tf.gather(weights.embedding, ids), input0)
+        noise = _gumbel_noise(self.seed, self.offset, V, self.greedy)  # (max_chunk, V)
         inputs = [tf.reshape(self.prime[-1:], [1]), self.num_chars, noise, self.temperature, self.top_k,
                   self.top_p, state]  # nested: XLA keeps the structure
 
         def compiled(filtered):
             """(generated ids (num_chars,), final state); XLA compiles it on its first run only."""
             generated, final_state = tf1.xla.experimental.compile(
-                lambda *args: _generation_loop(weights, table, recurrent0, filtered, *args), inputs)
+                lambda *args: _generation_loop(weights, input_gates, recurrent0, filtered, *args), inputs)
             return generated[:self.num_chars], final_state
 
         self.generated, self.final_state = compiled(filtered=False)
         self.generated_filtered, self.final_state_filtered = compiled(filtered=True)
 
 
+def max_chunk(vocab_size):
+    """Most characters one sampling session.run generates: MAX_CHUNK, or fewer for vocabularies
+    of more than 1,024 characters, so that the noise of a chunk stays NOISE_BLOCK_FLOATS per block
+    (a 70,000-character vocabulary would otherwise draw 2.3 GB of noise per chunk)."""
+    return max(1, min(MAX_CHUNK, NOISE_BLOCK_FLOATS // vocab_size))
+
+
 def _gumbel_noise(seed, offset, vocab_size, greedy):
-    """Gumbel noise for the MAX_CHUNK positions from ``offset`` on, (MAX_CHUNK, V); zeros if ``greedy``.
+    """Gumbel noise for the max_chunk(V) positions from ``offset`` on, (max_chunk, V); zeros if
+    ``greedy``.
 
     Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), and unlike
-    stateless_categorical it compiles with XLA. The noise for absolute position p is row
-    p % MAX_CHUNK of a block keyed by (seed, p // MAX_CHUNK), so it depends on (seed, p) alone and
-    generating in chunks gives the same text as one run; a chunk spans at most two blocks. It is
-    drawn before the loop by TensorFlow's own kernels: XLA's CPU log costs more per character than
-    the rest of the sampling. Greedy scales it to 0, and argmax(logits + 0) = argmax(logits).
+    stateless_categorical it compiles with XLA. The noise for absolute position p is row p % R of
+    a block of R = max_chunk(V) rows keyed by (seed, p // R), so it depends on (seed, p) alone and
+    generating in chunks gives the same text as one run; a chunk spans at most two blocks. (For
+    vocabularies up to 1,024 characters R is MAX_CHUNK, the layout of release 0.1.0.) It is drawn
+    before the loop by TensorFlow's own kernels: XLA's CPU log costs more per character than the
+    rest of the sampling. Greedy scales it to 0, and argmax(logits + 0) = argmax(logits).
     """
     tf, _ = load()
-    block = offset // MAX_CHUNK
-    uniform = tf.concat([tf.random.stateless_uniform([MAX_CHUNK, vocab_size], tf.stack([seed, block + b]),
+    rows = max_chunk(vocab_size)
+    block = offset // rows
+    uniform = tf.concat([tf.random.stateless_uniform([rows, vocab_size], tf.stack([seed, block + b]),
                                                      minval=1e-20, maxval=1.0)
-                         for b in (0, 1)], 0)  # (2 * MAX_CHUNK, V)
-    start = tf.cast(offset % MAX_CHUNK, tf.int32)
-    return tf.where(greedy, 0.0, 1.0) * -tf.math.log(-tf.math.log(uniform[start:start + MAX_CHUNK]))
+                         for b in (0, 1)], 0)  # (2 * rows, V)
+    start = tf.cast(offset % rows, tf.int32)
+    window = tf.reshape(uniform[start:start + rows], [rows, vocab_size])  # the static shape, for the loop
+    return tf.where(greedy, 0.0, 1.0) * -tf.math.log(-tf.math.log(window))
 
 
-def _generation_loop(weights, table, recurrent0, filtered, prev, num_chars, noise, temperature, top_k,
+def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars, noise, temperature, top_k,
                      top_p, state):
     """Feed character ``prev`` (1,), draw the next, and repeat ``num_chars`` times: returns the
-    drawn ids (MAX_CHUNK,), of which the first ``num_chars`` count, and the final state.
+    drawn ids (one per row of ``noise``), of which the first ``num_chars`` count, and the final
+    state.
 
-    LSTMCell's math on its own variables, with the first layer's input projection a row of
-    ``table`` and its recurrent kernel ``recurrent0``: at batch 1 each character is bound by
-    reading the weights, so this saves a quarter of the bytes per character.
+    LSTMCell's math on its own variables, with the first layer's input pre-activations from
+    ``input_gates(ids)`` (a row of embedding @ W_x, except for huge vocabularies) and its
+    recurrent kernel ``recurrent0``: at batch 1 each character is bound by reading the weights,
+    so the row saves a quarter of the bytes per character.
     """
     tf, tf1 = load()
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
+    size = noise.shape[0]
 
     def body(i, x, state, generated):
         new_state = []
@@ -435,10 +461,10 @@ def _generation_loop(weights, table, recurrent0, filtered, prev, num_chars, nois
             logits = filter_logits(logits, top_k, top_p)
         nxt = tf.argmax(logits + noise[i], -1, output_type=tf.int32)  # (1,)
         generated = tf.tensor_scatter_nd_update(generated, [[i]], nxt)
-        return i + 1, tf.gather(table, nxt), tuple(new_state), generated
+        return i + 1, input_gates(nxt), tuple(new_state), generated
 
     _, _, state, generated = tf.while_loop(
         lambda i, *_: i < num_chars, body,
-        [tf.constant(0), tf.gather(table, prev), state, tf.zeros([MAX_CHUNK], tf.int32)],
-        maximum_iterations=MAX_CHUNK)
+        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32)],
+        maximum_iterations=size)
     return generated, state

@@ -96,6 +96,24 @@ def release_free_memory():
         pass
 
 
+def cpu_model():
+    """The CPU's model name as lscpu shows it (e.g. "AMD EPYC"), or the platform's word for it.
+
+    Speed figures depend on it (AMD and Intel parts rank our graphs differently), so benchmarks
+    print it beside every result and the training log names it.
+    """
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def session_config(log=None):
     """A ConfigProto that uses a GPU when TensorFlow sees one (memory growth on), else the CPU.
 
@@ -110,7 +128,7 @@ def session_config(log=None):
         config.gpu_options.allow_growth = True
         device = "GPU: " + ", ".join(g.name for g in gpus)
     else:
-        device = "CPU (no GPU visible to TensorFlow)"
+        device = f"CPU, {cpu_model()} (no GPU visible to TensorFlow)"
     if log:
         log(f"device: {device}")
     return config

@@ -19,6 +19,7 @@ from charrnn.errors import CharRNNError, ConfigError, TrainingError
 from charrnn.evaluate import evaluate_stream
 from charrnn.model import EvalGraph, SampleGraph, TrainGraph
 from charrnn.rundir import RunDir, restore
+from charrnn.sample import generate_ids
 from charrnn.tfcompat import load, release_free_memory, session_config
 
 LN2 = math.log(2)
@@ -341,11 +342,10 @@ class Trainer:
 
     def _sample_text(self, n=300):
         """``n`` characters from the current weights, primed with a newline (or the first character)."""
-        model, vocab = self.sample_model, self.run_data.vocab
+        vocab = self.run_data.vocab
         prime = [vocab.index.get("\n", 0)]
-        generated = self.session.run(model.generated, {model.prime: prime, model.num_chars: n,
-                                                       model.seed: self.step})
-        return vocab.decode(generated)
+        return "".join(vocab.decode(ids) for ids in
+                       generate_ids(self.session, self.sample_model, prime, n, seed=self.step))
 
 
 class _Progress:

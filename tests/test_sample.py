@@ -169,3 +169,27 @@ def test_sampling_xla_flags_join_the_users_own(monkeypatch):
     assert tfcompat.use_sampling_xla_flags() == [tfcompat.SAMPLING_XLA_FLAGS[1]]
     assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_prefer_vector_width=256", "--xla_dump_to=/tmp/x",
                                                tfcompat.SAMPLING_XLA_FLAGS[1]]
+
+
+def test_small_noise_blocks_and_no_input_table_give_the_same_draws_in_any_chunking(trained, monkeypatch):
+    """Sampling memory does not grow with chunk x vocabulary: a large vocabulary gets fewer noise
+    rows per block (max_chunk) and no (V, 4H) input table. Forced here on a small model, the text
+    is the same with and without the table, and the same in any chunking across blocks."""
+    from charrnn import model
+
+    save, sampler = trained
+    vocab_size = len(sampler.vocab)
+    monkeypatch.setattr(model, "NOISE_BLOCK_FLOATS", 7 * vocab_size)  # blocks of 7 positions
+    small_blocks = Sampler(save)
+    monkeypatch.setattr(model, "TABLE_FLOATS", 0)
+    no_table = Sampler(save)
+    try:
+        assert small_blocks.model.max_chunk == no_table.model.max_chunk == 7
+        whole = text(small_blocks, "the ", 60, seed=5)
+        for chunk in (1, 3, 7, 1000):
+            assert text(no_table, "the ", 60, seed=5, chunk_size=chunk) == whole
+        assert text(no_table, "To ", 50, greedy=True) == text(sampler, "To ", 50, greedy=True)
+        assert text(small_blocks, "the ", 60, seed=6) != whole
+    finally:
+        small_blocks.close()
+        no_table.close()
