@@ -15,6 +15,7 @@ alone this measures what a plain ``charrnn-train`` trains: the default graph, ce
   step, and from launching charrnn-sample --n 500 to its exit;
 - memory: peak RSS of a charrnn-train subprocess run for --memory_steps steps (0: skip).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
+from charrnn.autotune import choose_xla  # noqa: E402
 from charrnn.cli import benchmark_config, config_argv, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TrainGraph  # noqa: E402
@@ -157,9 +159,13 @@ def main():
         os.makedirs(data_dir)
         shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
         run = trainer.prepare(config, data_dir, os.path.join(work, "unused"))
-        result = {"cpu": cpu_model(), "config": {k: getattr(run.config, k) for k in
-                             ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla")},
-                  "training": training_speed(run, FLAGS.steps)}
+        result = {"cpu": cpu_model()}
+        if run.config.xla is None:  # --xla auto, as charrnn-train decides it
+            use_xla, result["xla_auto"] = choose_xla(run.config, run.train)
+            run = dataclasses.replace(run, config=dataclasses.replace(run.config, xla=use_xla))
+        result["config"] = {k: getattr(run.config, k) for k in
+                            ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla")}
+        result["training"] = training_speed(run, FLAGS.steps)
         save_dir = os.path.join(work, "save")
         if not FLAGS.skip_startup:
             first_step, sample_wall = startup(data_dir, save_dir, config)

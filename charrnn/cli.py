@@ -53,11 +53,27 @@ def define_config_flags(flag_values=FLAGS):
              str: flags.DEFINE_string}
     for field in flag_fields():
         help_text = field.metadata["help"]
-        if "choices" in field.metadata:
+        if "auto" in field.metadata:  # only booleans so far: --name, --noname, --name=auto
+            flag = flags.BooleanFlag(field.name, field.default, help_text)
+            flag.parser = _AutoBooleanParser()
+            flags.DEFINE_flag(flag, flag_values)
+        elif "choices" in field.metadata:
             flags.DEFINE_enum(field.name, field.default, list(field.metadata["choices"]), help_text,
                               flag_values=flag_values)
         else:
             kinds[field.type](field.name, field.default, help_text, flag_values=flag_values)
+
+
+class _AutoBooleanParser(flags.BooleanParser):
+    """A boolean flag that also takes "auto" (None): the run decides."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == "auto":
+            return None
+        return super().parse(argument)
+
+    def flag_type(self):
+        return "bool or auto"
 
 
 def define_preset_flag(flag_values=FLAGS):
@@ -105,7 +121,8 @@ def benchmark_config(flag_values=FLAGS):
 
 def config_argv(config):
     """charrnn-train's flags for every field of ``config`` a user sets, e.g. ``--xla=True``."""
-    return [f"--{field.name}={getattr(config, field.name)}" for field in flag_fields()]
+    return [f"--{field.name}={'auto' if getattr(config, field.name) is None else getattr(config, field.name)}"
+            for field in flag_fields()]
 
 
 # ---------------------------------------------------------------- charrnn-train

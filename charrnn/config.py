@@ -15,11 +15,14 @@ FIXED_FIELDS = ("vocab_size", "hidden_size", "num_layers", "batch_size", "seq_le
 
 
 def _field(default, help, *, from_data=False, min=None, above=None, max=None, below=None,
-           choices=None, zero=None):
+           choices=None, zero=None, auto=None, absent=None):
     """A Config field with its flag's help and its bounds: ``min``/``max`` inclusive,
-    ``above``/``below`` exclusive; ``zero`` names what 0 means where 0 is allowed.
+    ``above``/``below`` exclusive; ``zero`` names what 0 means where 0 is allowed; ``auto``
+    says how a value of None (the flag's "auto") is decided before a run is saved, and ``absent``
+    what a saved config.json that lacks the field ran with.
     ``from_data`` fields are set from the training text, not by a flag."""
-    bounds = dict(min=min, above=above, max=max, below=below, choices=choices, zero=zero)
+    bounds = dict(min=min, above=above, max=max, below=below, choices=choices, zero=zero, auto=auto,
+                  absent=absent)
     metadata = {"help": help, "from_data": from_data, **{k: v for k, v in bounds.items() if v is not None}}
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -51,7 +54,11 @@ class Config:
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
                            choices=("cell", "layerwise"))
-    xla: bool = _field(True, "Compile the whole training step with XLA (--noxla: don't).")
+    xla: bool = _field(None, "Compile the whole training step with XLA: true (--xla), false "
+                       "(--noxla) or auto (the default): time both graphs for a few steps at "
+                       "start-up and take XLA only if it is clearly faster here. config.json "
+                       "records the choice, so a resume uses the same graph.",
+                       auto="timed at start-up", absent=True)
     deterministic: bool = _field(False, "Use TensorFlow's op determinism, so a resumed run is "
                                  "bit-identical on any device (on CPUs it already is).")
     # Bookkeeping.
@@ -87,7 +94,7 @@ class Config:
         if unknown or missing:
             raise ConfigError(f"{where}: unknown fields {unknown}, missing fields {missing}; "
                               "it was not written by this charrnn version")
-        values = {**{name: f.default for name, f in fields.items()}, **raw}
+        values = {**{name: f.metadata.get("absent", f.default) for name, f in fields.items()}, **raw}
         problems = _problems(values, unset_ok=False)
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
@@ -111,6 +118,8 @@ def _problems(values, unset_ok):
     problems = []
     for field in dataclasses.fields(Config):
         value, meta = values[field.name], field.metadata
+        if value is None and "auto" in meta and unset_ok:
+            continue  # decided when the run starts; a saved config always holds the decision
         if not _has_type(value, field.type):
             problems.append(f"field {field.name} should be {field.type.__name__}, got {value!r}")
         elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):

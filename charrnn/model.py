@@ -238,6 +238,8 @@ class TrainGraph:
     def __init__(self, config):
         tf, tf1 = load()
         c = config
+        if c.xla is None:
+            raise ValueError("config.xla is None ('auto'): decide it first (charrnn.autotune.choose_xla)")
         B, T = c.batch_size, c.seq_length
         with _scope():
             self.global_step = tf1.train.get_or_create_global_step()

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from charrnn.autotune import choose_xla
 from charrnn.config import Config
 from charrnn.data import EvalStream, TextLoader, Vocab, fingerprint, format_chars, read_text_dir, split_ids
 from charrnn.errors import CharRNNError, ConfigError, TrainingError
@@ -68,7 +69,9 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
                 f"cannot resume {save_dir}: the vocabulary of {data_dir} differs from the saved one "
                 f"(new: {format_chars(added) or 'none'}; gone: {format_chars(removed) or 'none'}); "
                 "restore the data or pass --fresh to start over")
-        merged = dataclasses.replace(saved, **{k: getattr(config, k) for k in explicit})
+        # An explicit "auto" (None) keeps the saved decision: a resume must build the same graph.
+        merged = dataclasses.replace(saved, **{k: getattr(config, k) for k in explicit
+                                               if getattr(config, k) is not None})
         merged = dataclasses.replace(merged, vocab_size=config.vocab_size, data_sha256=config.data_sha256)
         differences = saved.fixed_differences(merged)
         if differences:
@@ -175,10 +178,13 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
     TrainResult.
     """
     tf, tf1 = load()
-    c = run.config
     for note in run.notes:
         log(note)
     _check_log_dir(log_dir)
+    if run.config.xla is None:  # --xla auto: the faster graph on this machine, recorded in config.json
+        use_xla, _ = choose_xla(run.config, run.train, log)
+        run = dataclasses.replace(run, config=dataclasses.replace(run.config, xla=use_xla))
+    c = run.config
     rundir = RunDir(save_dir)
     # Signals are caught from here on: a Ctrl-C while the graph builds stops after the first step.
     with rundir.training(fresh=not run.resume), _StopSignal() as stop:

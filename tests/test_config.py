@@ -37,7 +37,7 @@ def refusal(make):
 
 def saved_dict(**changes):
     """The fields of a saved run (vocabulary and fingerprint set), with ``changes``."""
-    return {**dataclasses.asdict(Config(vocab_size=60, data_sha256="ab" * 32)), **changes}
+    return {**dataclasses.asdict(Config(vocab_size=60, data_sha256="ab" * 32, xla=True)), **changes}
 
 
 def test_every_flag_field_has_help_and_only_data_fields_are_not_flags():
@@ -51,10 +51,13 @@ def test_flags_are_generated_for_exactly_the_flag_fields_with_their_defaults():
     assert sorted(flag_values) == sorted(FLAG_NAMES)
     for field in flag_fields():
         flag = flag_values[field.name]
-        assert flag.default == field.default and type(flag.value) is field.type, field.name
+        assert flag.default == field.default, field.name
+        assert type(flag.value) is field.type or (flag.value is None and "auto" in field.metadata), field.name
         assert flag.help.endswith(field.metadata["help"])  # an enum's starts with its choices
     assert flag_values["rnn_impl"].parser.enum_values == ["cell", "layerwise"]
     assert flag_values["xla"].boolean
+    assert [parsed(arg)["xla"].value for arg in ("--xla", "--noxla", "--xla=auto", "--xla=false")] == [
+        True, False, None, False]
     config, explicit = config_from_flags(None, flag_values)
     assert config == Config() and explicit == []
 
@@ -99,6 +102,9 @@ def test_from_dict_checks_fields_and_makes_floats():
     assert "missing fields ['hidden_size']" in refusal(lambda: Config.from_dict(without_shape, "x.json"))
     # A field newer than the file takes its default; the shape and the data never do.
     assert Config.from_dict({k: saved_dict()[k] for k in FIXED_FIELDS}, "x.json").patience == 0
+    # A saved run holds a decision, never "auto": one without the field compiled with XLA, as 0.1.0.
+    assert Config.from_dict({k: saved_dict()[k] for k in FIXED_FIELDS}, "x.json").xla is True
+    assert "field xla should be bool, got None" in refusal(lambda: Config.from_dict(saved_dict(xla=None), "x.json"))
     assert refusal(lambda: Config.from_dict(saved_dict(vocab_size=0), "x.json")) == (
         "x.json: vocab_size must be at least 2 (got 0)")
     assert refusal(lambda: Config.from_dict(saved_dict(**json.loads('{"dropout": NaN, "seed": 1.0}')),

@@ -128,3 +128,30 @@ def test_patience_stops_training(write_data, tmp_path):
     config = tiny_config(val_frac=0.2, eval_every=1, num_epochs=50, learning_rate=0.5, patience=2)
     _, result = _train(config, data, str(tmp_path / "s"), str(tmp_path / "l"))
     assert result.status == "patience"
+
+
+def test_xla_auto_is_timed_once_recorded_and_kept_on_resume(write_data, tmp_path, capsys):
+    """--xla auto (config.xla None) times both graphs at start-up, logs the choice, records it in
+    config.json; a resume builds the recorded graph without timing again, even if given auto."""
+    data, save, logs = write_data(TEXT), str(tmp_path / "save"), str(tmp_path / "logs")
+    _train(tiny_config(xla=None), data, save, logs, max_steps=2)
+    first = capsys.readouterr().err
+    chosen = RunDir(save).read_config().xla
+    assert type(chosen) is bool
+    assert f"xla: auto chose {'XLA' if chosen else 'no XLA'} (" in first and "ms/step with XLA" in first
+    run, result = _train(tiny_config(xla=None), data, save, logs, explicit=("xla",), max_steps=1)
+    assert run.config.xla is chosen and result.step == 3
+    assert "xla: auto" not in capsys.readouterr().err
+    assert RunDir(save).read_config().xla is chosen
+    _train(tiny_config(xla=False), data, str(tmp_path / "explicit"), logs, max_steps=1)  # a flag wins
+    assert "xla: auto" not in capsys.readouterr().err
+    assert RunDir(str(tmp_path / "explicit")).read_config().xla is False
+
+
+def test_xla_needs_a_clear_lead_and_ties_go_to_the_plain_graph():
+    from charrnn.autotune import MARGIN, prefer_xla
+
+    assert prefer_xla(plain_seconds=0.30, xla_seconds=0.20)
+    assert not prefer_xla(plain_seconds=0.20, xla_seconds=0.30)
+    assert not prefer_xla(plain_seconds=0.20, xla_seconds=0.20)
+    assert not prefer_xla(plain_seconds=0.20 * MARGIN * 0.99, xla_seconds=0.20)
