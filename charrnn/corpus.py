@@ -488,7 +488,7 @@ class _Encoder:
                     f.seek(start * old_dtype.itemsize)
                     chunk = np.fromfile(f, old_dtype, min(CHUNK_BYTES, n - start))
                     f.seek(start * old_dtype.itemsize)
-                    write_ids(f, mapping[chunk].astype(dtype))
+                    write_ids(f, _remap(chunk, mapping, dtype))
                 f.flush()
             return
         tmp = self.path + ".rewrite"
@@ -496,7 +496,7 @@ class _Encoder:
             with open(self.path, "rb") as src, open(tmp, "wb") as dst:
                 for start in range(0, n, CHUNK_BYTES):
                     chunk = np.fromfile(src, old_dtype, min(CHUNK_BYTES, n - start))
-                    write_ids(dst, mapping[chunk].astype(dtype))
+                    write_ids(dst, _remap(chunk, mapping, dtype))
             self.out.close()
             os.replace(tmp, self.path)
         finally:
@@ -564,6 +564,16 @@ class _Encoder:
             return text_sha
         tail = f"bad_text={options['bad_text']};min_char_count={options['min_char_count']}"
         return hashlib.sha256(f"{text_sha};{tail}".encode()).hexdigest()
+
+
+def _remap(ids, mapping, dtype):
+    """``mapping[ids]`` as ``dtype``; by ``bytes.translate`` when both are bytes (several times
+    faster than numpy's gather)."""
+    if ids.dtype == np.uint8 and np.dtype(dtype) == np.uint8:
+        lookup = np.zeros(256, np.uint8)
+        lookup[:len(mapping)] = mapping
+        return np.frombuffer(ids.tobytes().translate(lookup.tobytes()), np.uint8)
+    return mapping[ids].astype(dtype)
 
 
 def _byte_counts(codes):
