@@ -35,7 +35,7 @@ try:
     os.makedirs(os.path.join(work, "data"))
     shutil.copy(data, os.path.join(work, "data", "input.txt"))
     run = trainer.prepare(Config(eval_every=200, num_epochs=50), os.path.join(work, "data"),
-                          os.path.join(work, "save"), fresh=True)
+                          os.path.join(work, "save"), fresh=True, cache_dir=os.path.join(work, "cache"))
     result = trainer.train(run, os.path.join(work, "save"), os.path.join(work, "logs"), max_minutes=minutes)
     print(json.dumps({"cpu": cpu_model(), "embedding_init": mode, "steps": result.step,
                       "curve": result.history}))

@@ -48,7 +48,7 @@ def main():
     shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
     save_dir, log_dir = os.path.join(work, "save"), os.path.join(work, "logs")
     try:
-        run = trainer.prepare(config, data_dir, save_dir, fresh=True)
+        run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=os.path.join(work, "cache"))
         result = trainer.train(run, save_dir, log_dir, max_minutes=FLAGS.minutes)
         sampler = Sampler(save_dir)
         sample = "".join(sampler.generate("\n", 199, seed=0))

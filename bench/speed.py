@@ -100,6 +100,7 @@ def startup(data_dir, save_dir, config):
     t0 = time.time()
     proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
                              "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
+                             "--cache_dir", os.path.join(os.path.dirname(save_dir), "cache"),
                              "--max_steps", "1", *config_argv(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_step = None
@@ -124,6 +125,7 @@ def memory(data_dir, save_dir, config, max_steps):
     with open(progress, "w") as out:
         proc = subprocess.Popen([os.path.join(bindir, "charrnn-train"), "--data_dir", data_dir,
                                  "--save_dir", save_dir, "--log_dir", os.path.join(save_dir, "logs"),
+                                 "--cache_dir", os.path.join(os.path.dirname(save_dir), "cache"),
                                  "--fresh", "--max_steps", str(max_steps), *config_argv(config)],
                                 stdout=out, stderr=subprocess.DEVNULL)
     samples, peak = [], 0
@@ -158,7 +160,7 @@ def main():
         data_dir = os.path.join(work, "data")
         os.makedirs(data_dir)
         shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
-        run = trainer.prepare(config, data_dir, os.path.join(work, "unused"))
+        run = trainer.prepare(config, data_dir, os.path.join(work, "unused"), cache_dir=os.path.join(work, "cache"))
         result = {"cpu": cpu_model()}
         if run.config.xla is None:  # --xla auto, as charrnn-train decides it
             use_xla, result["xla_auto"] = choose_xla(run.config, run.train)

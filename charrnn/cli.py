@@ -136,12 +136,19 @@ def _define_train_flags():
     flags.DEFINE_string("log_dir", "logs", "TensorBoard folder (runs 'train' and 'val').")
     flags.DEFINE_boolean("fresh", False, "Start over even if --save_dir holds a checkpoint "
                          "(its checkpoints are deleted).")
+    _define_cache_flag()
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
                        "(checkpointed; run again to go on).")
     define_preset_flag()
     define_config_flags()
+
+
+def _define_cache_flag():
+    flags.DEFINE_string("cache_dir", None, "Folder for prepared ids (the text read once into a "
+                        "memory-mapped file, reused until a file changes); runs may share it. "
+                        "Default: $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn.")
 
 
 def _train_main():
@@ -155,7 +162,7 @@ def _train_main():
         problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
     if problems:
         raise ConfigError("; ".join(problems))
-    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh)
+    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
     if result.signum:
@@ -239,6 +246,7 @@ def _define_eval_flags():
     flags.DEFINE_integer("seq_length", 200, "Characters per row per session.run; the state carries "
                          "across windows, so this changes speed, not the result.")
     flags.DEFINE_boolean("json", False, "Print the result as one JSON object instead of a line.")
+    _define_cache_flag()
 
 
 def _eval_main():
@@ -253,14 +261,12 @@ def _eval_main():
 
     import json
 
-    from charrnn.data import read_text_file
-    from charrnn.evaluate import evaluate_text, format_result
+    from charrnn.evaluate import evaluate_file, format_result
     from charrnn.train import log
 
-    text = read_text_file(FLAGS.text)
-    result = evaluate_text(FLAGS.save_dir, text, FLAGS.checkpoint, skip_unknown=FLAGS.skip_unknown,
+    result = evaluate_file(FLAGS.save_dir, FLAGS.text, FLAGS.checkpoint, skip_unknown=FLAGS.skip_unknown,
                            batch_size=FLAGS.batch_size, seq_length=FLAGS.seq_length,
-                           source=f"--text {FLAGS.text}", log=log)
+                           cache_dir=FLAGS.cache_dir, log=log)
     print(json.dumps(result) if FLAGS.json else format_result(result), flush=True)
 
 

@@ -42,6 +42,15 @@ class Config:
                              min=0, below=1)
     data_sha256: str = _field("", "Fingerprint of the training text, so a resume reads the same "
                               "stream.", from_data=True)
+    # Cleaning the text while it is prepared; both choices are part of data_sha256.
+    bad_text: str = _field("refuse", "NUL bytes and invalid UTF-8 in the training text: 'refuse' "
+                           "(say which file and where), 'drop' them, or 'replace' them with U+FFFD "
+                           "(then one more vocabulary entry); counted per file.",
+                           choices=("refuse", "drop", "replace"))
+    min_char_count: int = _field(0, "Fold characters seen fewer times than this in the training text "
+                                 "into one, U+FFFD; 0 keeps every character.", min=0, zero="off")
+    max_val_chars: int = _field(0, "Score at most this many characters (the first ones) of the "
+                                "held-out text at each validation; 0 scores all of it.", min=0, zero="all")
     # Optimisation.
     num_epochs: int = _field(10, "Total epochs of the run (a resume counts from step 0).", above=0)
     learning_rate: float = _field(2e-3, "Adam learning rate at epoch 0.", above=0)

@@ -1,55 +1,30 @@
-"""Reading text, the character vocabulary, and batch layouts for stateful training and evaluation."""
+"""The character vocabulary, and batch layouts for stateful training and evaluation.
+
+The layouts read their ids from any array; for prepared text that is a read-only ``numpy.memmap``
+(charrnn/corpus.py). Pages of it that a layout has read are handed back to the kernel every
+RELEASE_EVERY batches, so a long run's resident set does not grow to the whole file.
+"""
 import hashlib
 import math
-import os
+import mmap
 
 import numpy as np
 
 from charrnn.errors import ConfigError, DataError
 
-BOM = "\ufeff"
+RELEASE_EVERY = 256  # batches between handing read pages of a memory map back
 
 
-def read_text_file(path):
-    """Read one file as strict UTF-8, dropping a leading byte-order mark."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 at byte offset {e.start} (byte 0x{raw[e.start]:02x}); "
-                        "convert it, e.g. iconv -f latin1 -t utf-8")
-    if "\x00" in text:
-        raise DataError(f"{path}: contains NUL bytes at character {text.index(chr(0))}; "
-                        "this looks like a binary file, not text")
-    return text[1:] if text.startswith(BOM) else text
-
-
-def read_text_dir(data_dir):
-    """Concatenate every ``*.txt`` in ``data_dir`` in sorted name order; return (text, file names)."""
-    if not os.path.exists(data_dir):
-        raise DataError(f"--data_dir {data_dir}: no such directory; point it at a folder of .txt files")
-    if not os.path.isdir(data_dir):
-        raise DataError(f"--data_dir {data_dir}: is a file, not a directory; "
-                        "pass the folder that holds it")
-    try:
-        names = sorted(n for n in os.listdir(data_dir)
-                       if n.endswith(".txt") and os.path.isfile(os.path.join(data_dir, n)))
-    except OSError as e:
-        raise DataError(f"--data_dir {data_dir}: cannot list ({e.strerror}); check its permissions")
-    if not names:
-        raise DataError(f"--data_dir {data_dir}: holds no .txt files; put UTF-8 text files there")
-    text = "".join(read_text_file(os.path.join(data_dir, n)) for n in names)
-    if not text.strip():
-        raise DataError(f"--data_dir {data_dir}: the text is empty or only whitespace "
-                        f"({len(text)} characters in {len(names)} file(s)); add some text")
-    return text, names
+def release_pages(array):
+    """Drop the pages of a memory-mapped ``array`` from this process's resident set. They stay in
+    the page cache (a later read is a minor fault); a plain array is left alone."""
+    mapped = getattr(array, "_mmap", None)  # numpy.memmap and its views keep their mmap here
+    if mapped is not None and hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def fingerprint(text):
+    """sha256 of the UTF-8 text (config.json's data_sha256 for text prepared without options)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -77,9 +52,14 @@ class Vocab:
     @property
     def id_dtype(self):
         """The narrowest unsigned type that holds every id (compact arrays for large texts)."""
-        if len(self) <= 256:
+        return self.dtype_for(len(self))
+
+    @staticmethod
+    def dtype_for(size):
+        """The narrowest unsigned type for the ids of a vocabulary of ``size`` characters."""
+        if size <= 256:
             return np.uint8
-        return np.uint16 if len(self) <= 65536 else np.uint32
+        return np.uint16 if size <= 65536 else np.uint32
 
     def unknown(self, text):
         """Sorted characters of ``text`` that are not in the vocabulary."""
@@ -151,12 +131,17 @@ class TextLoader:
         used = self.num_batches * chars_per_batch
         self.x = ids[:used].reshape(batch_size, -1)  # (B, num_batches * T)
         self.y = ids[1:used + 1].reshape(batch_size, -1)  # (B, num_batches * T)
+        self._batches_read = 0
 
     def batch(self, k):
         """Inputs and targets of batch k of an epoch, each (B, T) int32."""
         t = self.seq_length
-        return (self.x[:, k * t:(k + 1) * t].astype(np.int32),
-                self.y[:, k * t:(k + 1) * t].astype(np.int32))
+        x = self.x[:, k * t:(k + 1) * t].astype(np.int32)
+        y = self.y[:, k * t:(k + 1) * t].astype(np.int32)
+        self._batches_read += 1
+        if self._batches_read % RELEASE_EVERY == 0:
+            release_pages(self.x)
+        return x, y
 
     def position(self, step):
         """The (epoch, batch) that global step ``step`` (0-based count of steps done) starts at."""
@@ -166,33 +151,40 @@ class TextLoader:
 class EvalStream:
     """Lays a stream out for stateful evaluation of *every* target.
 
-    Like TextLoader but nothing is dropped: rows are padded at the end and padding carries weight
-    zero, so the mean loss is exactly over the stream's len(ids) - 1 predictions.
+    Like TextLoader but nothing is dropped: the targets are cut into ``batch_size`` contiguous
+    rows of ``row_length``, the last row padded, and padding carries weight zero, so the mean loss
+    is exactly over the stream's len(ids) - 1 predictions. Batches are cut from ``ids`` when asked
+    for (no copy of the stream is made).
     """
 
     def __init__(self, ids, batch_size, seq_length):
         num_targets = len(ids) - 1
         if num_targets < 1:
             raise DataError("the evaluation text needs at least 2 characters")
+        self.ids = ids
         self.batch_size = min(batch_size, num_targets)
         self.seq_length = seq_length
-        row_length = math.ceil(num_targets / self.batch_size)
-        self.num_batches = math.ceil(row_length / seq_length)
-        width = self.num_batches * seq_length
-        x = np.zeros(self.batch_size * width, np.int32)
-        y = np.zeros(self.batch_size * width, np.int32)
-        w = np.zeros(self.batch_size * width, np.float32)
-        for r in range(self.batch_size):
-            lo, hi = r * row_length, min((r + 1) * row_length, num_targets)
-            if lo >= hi:
-                continue
-            x[r * width:r * width + hi - lo] = ids[lo:hi]
-            y[r * width:r * width + hi - lo] = ids[lo + 1:hi + 1]
-            w[r * width:r * width + hi - lo] = 1.0
-        self.x, self.y, self.w = (a.reshape(self.batch_size, width) for a in (x, y, w))
+        self.row_length = math.ceil(num_targets / self.batch_size)
+        self.num_batches = math.ceil(self.row_length / seq_length)
         self.num_targets = num_targets
+        self._batches_read = 0
 
     def batch(self, k):
-        t = self.seq_length
-        cut = slice(k * t, (k + 1) * t)
-        return self.x[:, cut], self.y[:, cut], self.w[:, cut]
+        """Inputs, targets and weights of window k, each (B, T): int32, int32, float32."""
+        b, t = self.batch_size, self.seq_length
+        x = np.zeros((b, t), np.int32)
+        y = np.zeros((b, t), np.int32)
+        w = np.zeros((b, t), np.float32)
+        for r in range(b):
+            row_end = min((r + 1) * self.row_length, self.num_targets)
+            lo = r * self.row_length + k * t
+            hi = min(lo + t, row_end)
+            if lo >= hi:
+                continue
+            x[r, :hi - lo] = self.ids[lo:hi]
+            y[r, :hi - lo] = self.ids[lo + 1:hi + 1]
+            w[r, :hi - lo] = 1.0
+        self._batches_read += 1
+        if self._batches_read % RELEASE_EVERY == 0:
+            release_pages(self.ids)
+        return x, y, w

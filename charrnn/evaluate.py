@@ -7,6 +7,7 @@ character is predicted from everything before it in its row, not from a fresh st
 import functools
 import math
 
+from charrnn.corpus import UnknownCharacters, prepare_file
 from charrnn.data import EvalStream, format_chars
 from charrnn.errors import ConfigError, DataError
 from charrnn.model import EvalGraph
@@ -32,35 +33,60 @@ def evaluate_stream(session, model, stream):
 
 def evaluate_text(save_dir, text, which="auto", skip_unknown=False, batch_size=None, seq_length=None,
                   source="the text", log=None):
-    """Mean loss of ``text`` under the model in ``save_dir``.
+    """Mean loss of ``text`` (a string) under the model in ``save_dir``.
 
     Returns a dict: nats_per_char, bits_per_char, perplexity, characters (targets scored, one
     fewer than the characters read), skipped (unknown characters removed) and checkpoint (the
     path restored). ``batch_size`` defaults to the run's, ``seq_length`` to 200; ``source`` names
     the text in errors and ``log`` (a callable taking a string) hears about progress.
     """
-    for name, value in (("batch_size", batch_size), ("seq_length", seq_length)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name} must be a positive integer (got {value})")
+    _check_sizes(batch_size, seq_length)
     trained = RunDir(save_dir).open_model(which, log)
-    config, vocab = trained.config, trained.vocab
-
+    vocab = trained.vocab
     missing = vocab.unknown(text)
-    skipped = 0
     if missing and not skip_unknown:
-        raise DataError(f"{source}: {len(missing)} distinct character(s) the model never saw: "
-                        f"{format_chars(missing)}; remove them or pass --skip_unknown")
+        raise _unknown_error(source, missing)
+    skipped = 0
     if missing:
         kept = text.translate({ord(c): None for c in missing})
         skipped = len(text) - len(kept)
         text = kept
-    if len(text) < 2:
-        removed = f" after removing {skipped:,} unknown character(s)" if skipped else ""
-        raise DataError(f"{source}: has {len(text)} character(s){removed}; scoring needs at least 2 "
-                        "(the first character is only context)")
+    return _score(trained, vocab.encode(text), skipped, batch_size, seq_length, source, log)
 
-    stream = EvalStream(vocab.encode(text), batch_size or config.batch_size,
-                        seq_length or DEFAULT_SEQ_LENGTH)
+
+def evaluate_file(save_dir, path, which="auto", skip_unknown=False, batch_size=None, seq_length=None,
+                  cache_dir=None, log=None):
+    """Mean loss of the UTF-8 file ``path``, read as training reads its text: in one streaming
+    pass into memory-mapped ids (cached in ``cache_dir``), never whole. Returns what
+    evaluate_text returns."""
+    _check_sizes(batch_size, seq_length)
+    trained = RunDir(save_dir).open_model(which, log)
+    source = f"--text {path}"
+    try:
+        corpus = prepare_file(path, trained.vocab, cache_dir, skip_unknown, log)
+    except UnknownCharacters as e:
+        raise _unknown_error(source, e.chars) from None
+    return _score(trained, corpus.ids, corpus.skipped, batch_size, seq_length, source, log)
+
+
+def _check_sizes(batch_size, seq_length):
+    for name, value in (("batch_size", batch_size), ("seq_length", seq_length)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name} must be a positive integer (got {value})")
+
+
+def _unknown_error(source, missing):
+    return DataError(f"{source}: {len(missing)} distinct character(s) the model never saw: "
+                     f"{format_chars(missing)}; remove them or pass --skip_unknown")
+
+
+def _score(trained, ids, skipped, batch_size, seq_length, source, log):
+    """Evaluate ``ids`` under ``trained`` (a TrainedModel); the result dict of evaluate_text."""
+    if len(ids) < 2:
+        removed = f" after removing {skipped:,} unknown character(s)" if skipped else ""
+        raise DataError(f"{source}: has {len(ids)} character(s){removed}; scoring needs at least 2 "
+                        "(the first character is only context)")
+    stream = EvalStream(ids, batch_size or trained.config.batch_size, seq_length or DEFAULT_SEQ_LENGTH)
     # The evaluation graph's state variables are locals: this restores the weights alone.
     session, model = trained.restore(
         functools.partial(EvalGraph, batch_size=stream.batch_size, seq_length=stream.seq_length), log)

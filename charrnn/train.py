@@ -15,7 +15,8 @@ import numpy as np
 
 from charrnn.autotune import choose_xla
 from charrnn.config import Config
-from charrnn.data import EvalStream, TextLoader, Vocab, fingerprint, format_chars, read_text_dir, split_ids
+from charrnn.corpus import prepare_dir
+from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
 from charrnn.errors import CharRNNError, ConfigError, TrainingError
 from charrnn.evaluate import evaluate_stream
 from charrnn.model import EvalGraph, SampleGraph, TrainGraph
@@ -24,6 +25,7 @@ from charrnn.sample import generate_ids
 from charrnn.tfcompat import load, release_free_memory, session_config
 
 LN2 = math.log(2)
+CLEANING_FIELDS = ("bad_text", "min_char_count")  # how the text is prepared: part of data_sha256
 
 
 def log(message):
@@ -42,26 +44,35 @@ class Run:
     notes: list = dataclasses.field(default_factory=list)
 
 
-def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
-    """Read the data and reconcile ``config`` with any run already in ``save_dir``.
+def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None):
+    """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
-    saved config (fixed fields must still match), every other field keeps its saved value.
-    Raises before anything on disk changes.
+    saved config (fixed fields must still match), every other field keeps its saved value. The
+    text is read through the prepared-data cache in ``cache_dir`` (see charrnn/corpus.py).
+    Raises before anything in ``save_dir`` changes.
     """
     config.validate()
-    text, files = read_text_dir(data_dir)
-    notes = [f"data: {len(text):,} characters from {len(files)} file(s) in {data_dir}"]
-    if "\r\n" in text:
-        notes.append("data: the text has CRLF line ends; they are kept as characters")
-    vocab = Vocab.from_text(text)
-    config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=fingerprint(text))
-
     rundir = RunDir(save_dir)
     resume = rundir.has_checkpoint() and not fresh
     if resume:
-        saved = rundir.read_config()
-        saved_vocab = rundir.read_vocab()
+        saved, saved_vocab = rundir.read_config(), rundir.read_vocab()
+        # The saved cleaning options apply unless given again: they decide the text's fingerprint.
+        # An explicit "auto" (None) keeps the saved decision: a resume must build the same graph.
+        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in explicit
+                                               if getattr(config, k) is not None})
+        cleaning = [f"{k}: saved {getattr(saved, k)!r}, now {getattr(config, k)!r}" for k in CLEANING_FIELDS
+                    if getattr(saved, k) != getattr(config, k)]
+        if cleaning:  # said before the text is read: they would change its ids and fingerprint
+            raise ConfigError(f"cannot resume {save_dir} with different settings (" + "; ".join(cleaning)
+                              + "); use the saved values or pass --fresh")
+    corpus = prepare_dir(data_dir, cache_dir, config.bad_text, config.min_char_count, log)
+    vocab = corpus.vocab
+    notes = [f"data: {len(corpus.ids):,} characters from {len(corpus.files)} file(s) in {data_dir}"
+             + (" (prepared ids reused)" if corpus.reused else "")] + corpus.notes
+    config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=corpus.fingerprint)
+
+    if resume:
         if saved_vocab.chars != vocab.chars:
             added = sorted(set(vocab.chars) - set(saved_vocab.chars))
             removed = sorted(set(saved_vocab.chars) - set(vocab.chars))
@@ -69,30 +80,29 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
                 f"cannot resume {save_dir}: the vocabulary of {data_dir} differs from the saved one "
                 f"(new: {format_chars(added) or 'none'}; gone: {format_chars(removed) or 'none'}); "
                 "restore the data or pass --fresh to start over")
-        # An explicit "auto" (None) keeps the saved decision: a resume must build the same graph.
-        merged = dataclasses.replace(saved, **{k: getattr(config, k) for k in explicit
-                                               if getattr(config, k) is not None})
-        merged = dataclasses.replace(merged, vocab_size=config.vocab_size, data_sha256=config.data_sha256)
-        differences = saved.fixed_differences(merged)
+        differences = saved.fixed_differences(config)
         if differences:
             raise ConfigError(f"cannot resume {save_dir} with different settings ("
                               + "; ".join(differences) + "); use the saved values or pass --fresh")
-        changed = [f"{k} {getattr(saved, k)!r} -> {getattr(merged, k)!r}" for k in explicit
-                   if getattr(saved, k) != getattr(merged, k)]
+        changed = [f"{k} {getattr(saved, k)!r} -> {getattr(config, k)!r}" for k in explicit
+                   if getattr(saved, k) != getattr(config, k)]
         if changed:
             notes.append("resume: changed " + ", ".join(changed))
-        config = merged
         config.validate()
 
-    ids = vocab.encode(text)
-    train_ids, val_ids = split_ids(ids, config.val_frac)
+    train_ids, val_ids = split_ids(corpus.ids, config.val_frac)
     train = TextLoader(train_ids, config.batch_size, config.seq_length)
     val = None
     if val_ids is None:
         notes.append("validation: off (--val_frac 0)")
     else:
+        held_out = len(val_ids)
+        if config.max_val_chars and held_out > config.max_val_chars:
+            val_ids = val_ids[:config.max_val_chars]
         val = EvalStream(val_ids, config.batch_size, config.seq_length)
-        notes.append(f"validation: last {len(val_ids):,} characters ({config.val_frac:g} of the text)")
+        notes.append(f"validation: last {held_out:,} characters ({config.val_frac:g} of the text)"
+                     + (f", scoring the first {len(val_ids):,} (--max_val_chars)" if len(val_ids) < held_out
+                        else ""))
     return Run(config, vocab, train, val, resume, notes)
 
 

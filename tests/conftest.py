@@ -9,6 +9,19 @@ import pytest
 from charrnn.config import Config
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cache_home(tmp_path_factory):
+    """Prepared ids go to a temporary cache for the whole session, never to the user's ~/.cache
+    (the installed commands run by run_cli inherit it)."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield os.environ["XDG_CACHE_HOME"]
+    if previous is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def tiny_config(**overrides):
     """A model small enough for a real session to train in a second or two."""
     values = dict(hidden_size=16, num_layers=1, batch_size=4, seq_length=8, num_epochs=1,

@@ -1,4 +1,5 @@
 """The installed commands, run as a user would."""
+import json
 import os
 
 import pytest
@@ -205,3 +206,28 @@ def test_more_than_65535_distinct_characters_train_and_sample(tmp_path):
     out = run_cli("charrnn-sample", "--save_dir", save, "--prime", chars[-1], "--n", 20)
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.rstrip("\n")) == 21 and set(out.stdout.rstrip("\n")) <= set(chars)
+
+
+def test_messy_text_goes_on_with_bad_text_and_resumes_from_the_prepared_ids(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "scraped.txt").write_bytes(TEXT.encode() + b"\x00\xff\xfe" + TEXT.encode())
+    (data / "empty.txt").write_bytes(b"")
+    save, cache = tmp_path / "save", tmp_path / "cache"
+    common = ["--data_dir", data, "--save_dir", save, "--log_dir", tmp_path / "logs", "--cache_dir", cache,
+              *TINY]
+    refused = run_cli("charrnn-train", *common, "--max_steps", 2)
+    _one_error_line(refused, "scraped.txt", f"not valid UTF-8 at byte offset {len(TEXT) + 1}", "--bad_text")
+    first = run_cli("charrnn-train", *common, "--max_steps", 2, "--bad_text", "replace",
+                    "--val_frac", 0.2, "--max_val_chars", 100)
+    assert first.returncode == 0, first.stderr
+    assert "scraped.txt: 2 invalid UTF-8 sequence(s) and 1 NUL(s) replaced with U+FFFD" in first.stderr
+    assert "empty.txt is empty; skipped" in first.stderr
+    assert "scoring the first 100 (--max_val_chars)" in first.stderr
+    assert "\ufffd" in json.loads((save / "vocab.json").read_text(encoding="utf-8"))["chars"]
+    # The saved --bad_text applies on resume, and the prepared ids are reused, not read again.
+    again = run_cli("charrnn-train", *common, "--max_steps", 1)
+    assert again.returncode == 0, again.stderr
+    assert "prepared ids reused" in again.stderr and "resumed from" in again.stderr
+    other = run_cli("charrnn-train", *common, "--max_steps", 1, "--bad_text", "drop")
+    _one_error_line(other, "cannot resume", "bad_text: saved 'replace', now 'drop'")

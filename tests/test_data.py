@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from charrnn.data import EvalStream, TextLoader, Vocab, read_text_dir, split_ids
+from charrnn.data import EvalStream, TextLoader, Vocab, split_ids
 from charrnn.errors import DataError
 
 
@@ -81,35 +81,26 @@ def test_vocab_of_one_character_is_refused():
         Vocab.from_text("aaaa")
 
 
-def test_read_text_dir_sorted_and_bom_stripped(tmp_path):
-    (tmp_path / "b.txt").write_text("second")
-    (tmp_path / "a.txt").write_bytes("\ufefffirst ".encode("utf-8"))
-    (tmp_path / "notes.md").write_text("ignored")
-    text, names = read_text_dir(str(tmp_path))
-    assert names == ["a.txt", "b.txt"]
-    assert text == "first second"
+def _rss_file_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: None, "no such directory"),
-    (lambda d: d.mkdir(), "no .txt files"),
-    (lambda d: d.write_text("x"), "is a file"),
-])
-def test_read_text_dir_refuses_bad_dirs(tmp_path, setup, message):
-    d = tmp_path / "d"
-    setup(d)
-    with pytest.raises(DataError, match=message):
-        read_text_dir(str(d))
+def test_loaders_hand_read_pages_of_a_memory_map_back(tmp_path, monkeypatch):
+    """A long run over a memory-mapped text keeps few of its pages resident: every RELEASE_EVERY
+    batches the pages read so far leave the resident set, and the batches do not change."""
+    import charrnn.data as data
 
-
-def test_read_text_dir_names_file_and_offset_of_bad_utf8(tmp_path):
-    (tmp_path / "latin.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin\.txt: not valid UTF-8 at byte offset 3"):
-        read_text_dir(str(tmp_path))
-
-
-@pytest.mark.parametrize("content", ["", "  \n\t\n"])
-def test_read_text_dir_refuses_empty_text(tmp_path, content):
-    (tmp_path / "e.txt").write_text(content)
-    with pytest.raises(DataError, match="empty or only whitespace"):
-        read_text_dir(str(tmp_path))
+    path = tmp_path / "ids.bin"
+    rng = np.random.default_rng(0)
+    rng.integers(0, 50, 48 << 20, dtype=np.uint8).tofile(path)
+    ids = np.memmap(path, dtype=np.uint8, mode="r")
+    monkeypatch.setattr(data, "RELEASE_EVERY", 4)
+    loader = TextLoader(ids, batch_size=8, seq_length=(48 << 20) // 8 // 3)  # 3 batches read it all
+    reference = TextLoader(np.fromfile(path, np.uint8), batch_size=8, seq_length=loader.seq_length)
+    before = _rss_file_kib()
+    for k in range(3):
+        assert all(np.array_equal(a, b) for a, b in zip(loader.batch(k), reference.batch(k)))
+    assert _rss_file_kib() - before > 24 << 10  # most of the 48 MiB were read through the map
+    loader.batch(0)  # the 4th batch hands them back
+    assert _rss_file_kib() - before < 8 << 10
