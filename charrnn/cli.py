@@ -273,3 +273,29 @@ def _plot_main():
 def plot_main():
     _define_plot_flags()
     run_command(_plot_main, "charrnn-plot")
+
+
+# ---------------------------------------------------------------- charrnn-export
+
+def _define_export_flags():
+    _define_model_flags()
+    flags.DEFINE_string("out", None, "Folder of SavedModel versions (required): the model is written "
+                        "to --out/N, N the next free number, the layout TF Serving watches.")
+    flags.DEFINE_boolean("xla", True, "Compile the generation loop with XLA, as charrnn-sample does "
+                         "(TF Serving then needs --xla_cpu_compilation_enabled); --noxla leaves it to "
+                         "TensorFlow's executor: any server runs it, about 3x slower.")
+
+
+def _export_main():
+    if not FLAGS.out:
+        raise ConfigError("--out is required: the folder the SavedModel goes into (as --out/N)")
+
+    from charrnn.export import export
+    from charrnn.train import log
+
+    print(export(FLAGS.save_dir, FLAGS.out, FLAGS.checkpoint, xla=FLAGS.xla, log=log), flush=True)
+
+
+def export_main():
+    _define_export_flags()
+    run_command(_export_main, "charrnn-export")

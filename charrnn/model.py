@@ -392,11 +392,12 @@ def read_prime(weights, prime, initial_state):
 
 
 def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, state,
-                   filtered):
+                   filtered, xla=True):
     """Feed ``prev`` (1,) after ``state`` and draw ``num_chars`` (<= MAX_CHUNK) characters, the
     first at absolute position ``offset``, in one XLA-compiled loop: (ids (num_chars,), final
-    state). ``filtered`` applies top-k/top-p. SampleGraph builds it on placeholders; the exported
-    SavedModel in a loop over chunks, so both give the same text."""
+    state). ``filtered`` applies top-k/top-p; ``xla=False`` leaves the loop to TensorFlow's
+    executor. SampleGraph builds it on placeholders; the exported SavedModel in a loop over
+    chunks, so both give the same text."""
     tf, tf1 = load()
     # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
     # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
@@ -404,9 +405,12 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
     table = weights.input_table()  # (V, 4H)
     noise = _gumbel_noise(seed, offset, weights.config.vocab_size, greedy)  # (MAX_CHUNK, V)
     inputs = [prev, num_chars, noise, temperature, top_k, top_p, state]  # nested: XLA keeps the structure
+
+    def loop(*args):
+        return _generation_loop(weights, table, recurrent0, filtered, *args)
+
     # XLA compiles it on its first run only.
-    generated, final_state = tf1.xla.experimental.compile(
-        lambda *args: _generation_loop(weights, table, recurrent0, filtered, *args), inputs)
+    generated, final_state = tf1.xla.experimental.compile(loop, inputs) if xla else loop(*inputs)
     return generated[:num_chars], final_state
 
 
