@@ -119,6 +119,11 @@ def _define_train_flags():
     flags.DEFINE_string("log_dir", "logs", "TensorBoard folder (runs 'train' and 'val').")
     flags.DEFINE_boolean("fresh", False, "Start over even if --save_dir holds a checkpoint "
                          "(its checkpoints are deleted).")
+    flags.DEFINE_string("init_from", None, "Fine-tune: start a new run in --save_dir from the weights of "
+                        "this save directory's model (its shape and character ids; a fresh optimizer, step "
+                        "0). Run the same command again to resume it.")
+    flags.DEFINE_string("init_checkpoint", "auto", "With --init_from, which checkpoint: auto (best if any, "
+                        "else latest), best, latest, or a checkpoint path prefix.")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
@@ -138,7 +143,8 @@ def _train_main():
         problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
     if problems:
         raise ConfigError("; ".join(problems))
-    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh)
+    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh,
+                        init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
     if result.signum:

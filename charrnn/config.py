@@ -39,6 +39,9 @@ class Config:
                              min=0, below=1)
     data_sha256: str = _field("", "Fingerprint of the training text, so a resume reads the same "
                               "stream.", from_data=True)
+    # Set by charrnn-train --init_from (not a flag of its own): where the weights started from.
+    init_from: str = _field("", "The checkpoint whose weights this run started from (fine-tuning); "
+                            "empty for a run from scratch.", from_data=True)
     # Optimisation.
     num_epochs: int = _field(10, "Total epochs of the run (a resume counts from step 0).", above=0)
     learning_rate: float = _field(2e-3, "Adam learning rate at epoch 0.", above=0)

@@ -4,6 +4,7 @@
 the graphs and hands them to a ``Trainer``, whose ``run`` is the loop: one training step, a
 progress line every ``print_every`` steps, validation, checkpoints, and the checks that stop it.
 """
+import collections
 import dataclasses
 import math
 import os
@@ -38,14 +39,17 @@ class Run:
     val: EvalStream = None
     resume: bool = False
     notes: list = dataclasses.field(default_factory=list)
+    init_from: object = None  # the TrainedModel whose weights a new fine-tuning run starts from
 
 
-def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
+def prepare(config, data_dir, save_dir, explicit=(), fresh=False, init_from=None, init_checkpoint="auto"):
     """Read the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
     saved config (fixed fields must still match), every other field keeps its saved value.
-    Raises before anything on disk changes.
+    ``init_from`` (a save directory) starts a fine-tuning run from the weights of its checkpoint
+    ``init_checkpoint``: its shape and character ids are kept (see :func:`_fine_tuning`); running
+    the same command again resumes that run. Raises before anything on disk changes.
     """
     config.validate()
     text, files = read_text_dir(data_dir)
@@ -53,10 +57,14 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
     if "\r\n" in text:
         notes.append("data: the text has CRLF line ends; they are kept as characters")
     vocab = Vocab.from_text(text)
-    config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=fingerprint(text))
-
     rundir = RunDir(save_dir)
     resume = rundir.has_checkpoint() and not fresh
+    source = None
+    if init_from:
+        source, vocab, config = _fine_tuning(config, explicit, text, save_dir, resume, init_from,
+                                             init_checkpoint, notes)
+    config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=fingerprint(text))
+
     if resume:
         saved = rundir.read_config()
         saved_vocab = rundir.read_vocab()
@@ -89,7 +97,43 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False):
     else:
         val = EvalStream(val_ids, config.batch_size, config.seq_length)
         notes.append(f"validation: last {len(val_ids):,} characters ({config.val_frac:g} of the text)")
-    return Run(config, vocab, train, val, resume, notes)
+    return Run(config, vocab, train, val, resume, notes, None if resume else source)
+
+
+def _fine_tuning(config, explicit, text, save_dir, resume, init_from, init_checkpoint, notes):
+    """(source TrainedModel or None on resume, vocabulary, config) of a run fine-tuned from
+    ``init_from``: the source's characters keep their ids (the counts are the new text's), its
+    shape is the run's, and config.init_from records the checkpoint. A run already in
+    ``save_dir`` is resumed only if it was fine-tuned from the same directory."""
+    source_dir = os.path.abspath(init_from)
+    if os.path.abspath(save_dir) == source_dir:
+        raise ConfigError(f"--save_dir {save_dir} is the --init_from directory; fine-tune into a new "
+                          "--save_dir (the source run stays as it is)")
+    if resume:
+        saved = RunDir(save_dir).read_config()
+        if not saved.init_from.startswith(source_dir + os.sep):
+            origin = f"fine-tuned from {saved.init_from}" if saved.init_from else "trained from scratch"
+            raise ConfigError(f"--save_dir {save_dir} already holds a run ({origin}); pass --fresh to "
+                              f"replace it with one fine-tuned from {init_from}, or choose another --save_dir")
+        return None, RunDir(save_dir).read_vocab(), config
+    source = RunDir(init_from).open_model(init_checkpoint, log)
+    missing = source.vocab.unknown(text)
+    if missing:
+        raise ConfigError(f"the text has {len(missing)} character(s) the --init_from model never saw: "
+                          f"{format_chars(missing, limit=len(missing))}; remove them from the text")
+    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers")}
+    differences = [f"--{name} {getattr(config, name)} (the source model's is {value})"
+                   for name, value in shape.items() if name in explicit and getattr(config, name) != value]
+    if differences:
+        raise ConfigError(f"cannot fine-tune {init_from} with a different shape: {'; '.join(differences)}; "
+                          "drop the flag (the shape comes from the source model)")
+    counts = collections.Counter(text)
+    vocab = Vocab(source.vocab.chars, [counts.get(c, 0) for c in source.vocab.chars])
+    notes.append(f"fine-tuning: weights from {source.checkpoint}; fresh optimizer, step 0, the learning-"
+                 f"rate schedule from the start; {len(counts)} of the source's {len(vocab)} characters "
+                 "occur in the text")
+    config = dataclasses.replace(config, **shape, init_from=os.path.abspath(source.checkpoint))
+    return source, vocab, config
 
 
 class _StopSignal:
@@ -190,6 +234,8 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             eval_model = EvalGraph(c, batch_size=run.val.batch_size) if run.val else None
             sample_model = SampleGraph(c) if run.val else None
             variables = tf1.global_variables()
+            weights = tf1.trainable_variables()  # the model's weights, not Adam's slots or the state
+            init_saver = tf1.train.Saver(weights) if run.init_from else None
             saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
             best_saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
             init_global = tf1.global_variables_initializer()
@@ -204,6 +250,9 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
                 log(f"resumed from {path}")
             else:
                 session.run(init_global)
+                if run.init_from:
+                    restore(session, init_saver, weights, run.init_from.checkpoint, run.init_from.save_dir)
+                    log(f"weights from {run.init_from.checkpoint}")
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:
                 trainer = Trainer(run, rundir, session, model, eval_model, sample_model, saver, best_saver,
