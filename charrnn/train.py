@@ -63,6 +63,8 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, init_from=None
     if init_from:
         source, vocab, config = _fine_tuning(config, explicit, text, save_dir, resume, init_from,
                                              init_checkpoint, notes)
+    elif resume and rundir.read_config().init_from:
+        vocab = rundir.read_vocab()  # a fine-tuned run keeps its source's characters, used or not
     config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=fingerprint(text))
 
     if resume:

@@ -69,9 +69,13 @@ def test_same_command_again_resumes_and_other_runs_are_refused_unless_fresh(sour
     first = run_cli("charrnn-train", *common, "--max_steps", 3)
     assert first.returncode == 0, first.stderr
     assert "fine-tuning: weights from" in first.stderr
-    again = run_cli("charrnn-train", *common)
+    again = run_cli("charrnn-train", *common, "--max_steps", 2)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr and "starting at step 3" in again.stderr
+    at = common.index("--init_from")
+    without = run_cli("charrnn-train", *common[:at], *common[at + 2:])  # --init_from not repeated
+    assert without.returncode == 0, without.stderr
+    assert "resumed from" in without.stderr and "starting at step 5" in without.stderr
 
     other = tmp_path / "other"
     made = run_cli("charrnn-train", "--data_dir", data, "--save_dir", other, "--log_dir", tmp_path / "logs2",
