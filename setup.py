@@ -7,7 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["charrnn", "charrnn.*"]),
-    scripts=["bin/charrnn-train", "bin/charrnn-sample", "bin/charrnn-eval", "bin/charrnn-plot"],
+    scripts=["bin/charrnn-train", "bin/charrnn-sample", "bin/charrnn-eval", "bin/charrnn-plot",
+             "bin/charrnn-export"],
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.16",

@@ -137,6 +137,11 @@ def _define_train_flags():
     flags.DEFINE_boolean("fresh", False, "Start over even if --save_dir holds a checkpoint "
                          "(its checkpoints are deleted).")
     _define_cache_flag()
+    flags.DEFINE_string("init_from", None, "Fine-tune: start a new run in --save_dir from the weights of "
+                        "this save directory's model (its shape and character ids; a fresh optimizer, step "
+                        "0). Run the same command again to resume it.")
+    flags.DEFINE_string("init_checkpoint", "auto", "With --init_from, which checkpoint: auto (best if any, "
+                        "else latest), best, latest, or a checkpoint path prefix.")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
@@ -162,7 +167,8 @@ def _train_main():
         problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
     if problems:
         raise ConfigError("; ".join(problems))
-    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir)
+    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
+                        init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
     if result.signum:
@@ -296,3 +302,29 @@ def _plot_main():
 def plot_main():
     _define_plot_flags()
     run_command(_plot_main, "charrnn-plot")
+
+
+# ---------------------------------------------------------------- charrnn-export
+
+def _define_export_flags():
+    _define_model_flags()
+    flags.DEFINE_string("out", None, "Folder of SavedModel versions (required): the model is written "
+                        "to --out/N, N the next free number, the layout TF Serving watches.")
+    flags.DEFINE_boolean("xla", True, "Compile the generation loop with XLA, as charrnn-sample does "
+                         "(TF Serving then needs --xla_cpu_compilation_enabled); --noxla leaves it to "
+                         "TensorFlow's executor: any server runs it, about 3x slower.")
+
+
+def _export_main():
+    if not FLAGS.out:
+        raise ConfigError("--out is required: the folder the SavedModel goes into (as --out/N)")
+
+    from charrnn.export import export
+    from charrnn.train import log
+
+    print(export(FLAGS.save_dir, FLAGS.out, FLAGS.checkpoint, xla=FLAGS.xla, log=log), flush=True)
+
+
+def export_main():
+    _define_export_flags()
+    run_command(_export_main, "charrnn-export")

@@ -95,10 +95,13 @@ def list_text_files(data_dir):
     return [os.path.join(data_dir, n) for n in names]
 
 
-def prepare_dir(data_dir, cache_dir=None, bad_text="refuse", min_char_count=0, log=None):
-    """The Corpus of every ``*.txt`` in ``data_dir`` (sorted), from the cache or prepared now."""
+def prepare_dir(data_dir, cache_dir=None, bad_text="refuse", min_char_count=0, log=None, vocab=None):
+    """The Corpus of every ``*.txt`` in ``data_dir`` (sorted), from the cache or prepared now.
+
+    With ``vocab`` (a fine-tuning run's, its source model's) the ids are that vocabulary's and
+    the counts the text's; a character outside it raises UnknownCharacters."""
     paths = list_text_files(data_dir)
-    corpus = _prepare(paths, data_dir, cache_dir, bad_text, min_char_count, None, False, log)
+    corpus = _prepare(paths, data_dir, cache_dir, bad_text, min_char_count, vocab, False, log)
     if not corpus.reused and log:
         log(f"data: prepared {data_dir} into {cache_dir or default_cache_dir()}")
     return corpus

@@ -349,9 +349,8 @@ class EvalGraph:
         self.inputs = tf1.placeholder(tf.int32, [B, T], "inputs")
         self.targets = tf1.placeholder(tf.int32, [B, T], "targets")
         self.target_weights = tf1.placeholder_with_default(tf.ones([B, T]), [B, T], "target_weights")
-        outputs, final_state = lstm_stack(config, weights, self.inputs, self.state.read())
-        self.logits = weights.project(outputs)  # (B, T, V)
-        loss, loss_sum, weight_sum = sequence_loss(self.logits, self.targets, self.target_weights)
+        self.logits, (loss, loss_sum, weight_sum), final_state = score_window(
+            config, weights, self.inputs, self.targets, self.target_weights, self.state.read())
         with tf.control_dependencies(self.state.assign(final_state)):
             self.loss, self.loss_sum, self.weight_sum = (tf.identity(t) for t in (loss, loss_sum, weight_sum))
         self.eval_op = tf.group(self.loss, self.loss_sum, self.weight_sum, name="eval_op")
@@ -359,6 +358,15 @@ class EvalGraph:
     @property
     def reset_state_op(self):
         return self.state.reset_op
+
+
+def score_window(config, weights, inputs, targets, target_weights, initial_state):
+    """The evaluation forward pass over one window: (B, T) ids, targets and weights from
+    ``initial_state`` -> logits (B, T, V), (mean, sum, weight total) of the loss, final state.
+    EvalGraph runs it on placeholders; the exported ``score`` signature in a loop over windows."""
+    outputs, final_state = lstm_stack(config, weights, inputs, initial_state)
+    logits = weights.project(outputs)  # (B, T, V)
+    return logits, sequence_loss(logits, targets, target_weights), final_state
 
 
 class SampleGraph:
@@ -380,9 +388,9 @@ class SampleGraph:
 
     def __init__(self, config):
         tf, tf1 = load()
-        H, V = config.hidden_size, config.vocab_size
+        H = config.hidden_size
         weights = ModelWeights(config)
-        self.max_chunk = max_chunk(V)  # num_chars may not exceed it
+        self.max_chunk = max_chunk(config.vocab_size)  # num_chars may not exceed it
         self.prime = tf1.placeholder(tf.int32, [None], "prime")  # (P,)
         self.num_chars = tf1.placeholder(tf.int32, [], "num_chars")
         self.seed = tf1.placeholder_with_default(tf.constant(0, tf.int64), [], "seed")
@@ -391,40 +399,57 @@ class SampleGraph:
         self.top_k = tf1.placeholder_with_default(0, [], "top_k")
         self.top_p = tf1.placeholder_with_default(1.0, [], "top_p")
         self.greedy = tf1.placeholder_with_default(False, [], "greedy")
-        cells = weights.cell_stack()
-        zero = cells.zero_state(1, tf.float32)
+        zero = weights.cell_stack().zero_state(1, tf.float32)
         self.initial_state = tf.nest.map_structure(lambda t: tf1.placeholder_with_default(t, [1, H]), zero)
 
-        # Read the prime but its last character (which the loop feeds first). A one-character
-        # prime runs zero time steps and passes the state through.
-        context = tf.nn.embedding_lookup(weights.embedding, self.prime[None, :-1])  # (1, P-1, H)
-        with _scope():
-            _, state = tf1.nn.dynamic_rnn(cells, context, initial_state=self.initial_state)
-        # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
-        # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
-        recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
-        if V * 4 * H <= TABLE_FLOATS:
-            table = weights.input_table()  # (V, 4H)
+        state = read_prime(weights, self.prime, self.initial_state)
+        inputs = [tf.reshape(self.prime[-1:], [1]), self.num_chars, self.seed, self.offset,
+                  self.temperature, self.top_k, self.top_p, self.greedy, state]
+        self.generated, self.final_state = generate_chunk(weights, *inputs, filtered=False)
+        self.generated_filtered, self.final_state_filtered = generate_chunk(weights, *inputs, filtered=True)
 
-            def input_gates(ids):  # layer 0's input pre-activations of ids (1,): (1, 4H)
-                return tf.gather(table, ids)
-        else:  # a huge vocabulary: keep the table's memory, pay one (1, H) x (H, 4H) product
-            input0 = tf.identity(weights.input_kernel(0))  # (H, 4H), split outside the loop too
 
-            def input_gates(ids):
-                return tf.matmul(tf.gather(weights.embedding, ids), input0)
-        noise = _gumbel_noise(self.seed, self.offset, V, self.greedy)  # (max_chunk, V)
-        inputs = [tf.reshape(self.prime[-1:], [1]), self.num_chars, noise, self.temperature, self.top_k,
-                  self.top_p, state]  # nested: XLA keeps the structure
+def read_prime(weights, prime, initial_state):
+    """The state after reading ``prime`` (P,) ids but its last character, which the generation
+    loop feeds first. A one-character prime runs zero time steps and passes the state through."""
+    tf, tf1 = load()
+    context = tf.nn.embedding_lookup(weights.embedding, prime[None, :-1])  # (1, P-1, H)
+    with _scope():
+        _, state = tf1.nn.dynamic_rnn(weights.cell_stack(), context, initial_state=initial_state)
+    return state
 
-        def compiled(filtered):
-            """(generated ids (num_chars,), final state); XLA compiles it on its first run only."""
-            generated, final_state = tf1.xla.experimental.compile(
-                lambda *args: _generation_loop(weights, input_gates, recurrent0, filtered, *args), inputs)
-            return generated[:self.num_chars], final_state
 
-        self.generated, self.final_state = compiled(filtered=False)
-        self.generated_filtered, self.final_state_filtered = compiled(filtered=True)
+def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, state,
+                   filtered, xla=True):
+    """Feed ``prev`` (1,) after ``state`` and draw ``num_chars`` (<= max_chunk(V)) characters, the
+    first at absolute position ``offset``, in one XLA-compiled loop: (ids (num_chars,), final
+    state). ``filtered`` applies top-k/top-p; ``xla=False`` leaves the loop to TensorFlow's
+    executor. SampleGraph builds it on placeholders; the exported SavedModel in a loop over
+    chunks, so both give the same text."""
+    tf, tf1 = load()
+    # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
+    # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
+    recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
+    V, H = weights.config.vocab_size, weights.config.hidden_size
+    if V * 4 * H <= TABLE_FLOATS:
+        table = weights.input_table()  # (V, 4H)
+
+        def input_gates(ids):  # layer 0's input pre-activations of ids (1,): (1, 4H)
+            return tf.gather(table, ids)
+    else:  # a huge vocabulary: keep the table's memory, pay one (1, H) x (H, 4H) product
+        input0 = tf.identity(weights.input_kernel(0))  # (H, 4H), split outside the loop too
+
+        def input_gates(ids):
+            return tf.matmul(tf.gather(weights.embedding, ids), input0)
+    noise = _gumbel_noise(seed, offset, V, greedy)  # (max_chunk(V), V)
+    inputs = [prev, num_chars, noise, temperature, top_k, top_p, state]  # nested: XLA keeps the structure
+
+    def loop(*args):
+        return _generation_loop(weights, input_gates, recurrent0, filtered, *args)
+
+    # XLA compiles it on its first run only.
+    generated, final_state = tf1.xla.experimental.compile(loop, inputs) if xla else loop(*inputs)
+    return generated[:num_chars], final_state
 
 
 def max_chunk(vocab_size):

@@ -49,10 +49,11 @@ class TrainedModel:
     checkpoint: str  # the path prefix to restore
     save_dir: str
 
-    def restore(self, build, log=None):
+    def restore(self, build, log=None, finalize=True):
         """Build ``build(config)`` in a new graph, restore the checkpoint into it; return
         (session, graph object). Only the variables that graph has are read: an evaluation or
-        sampling graph takes the weights and leaves Adam's slots and the training state."""
+        sampling graph takes the weights and leaves Adam's slots and the training state. The
+        graph is finalized unless ``finalize`` is false (a SavedModel builder adds to it)."""
         tf, tf1 = load()
         graph = tf.Graph()
         with graph.as_default():
@@ -60,7 +61,8 @@ class TrainedModel:
             variables = tf1.global_variables()
             saver = tf1.train.Saver(variables)
             init_local = tf1.local_variables_initializer()
-        graph.finalize()
+        if finalize:
+            graph.finalize()
         session = tf1.Session(graph=graph, config=session_config(log))
         try:
             session.run(init_local)

@@ -15,7 +15,7 @@ import numpy as np
 
 from charrnn.autotune import choose_xla
 from charrnn.config import Config
-from charrnn.corpus import prepare_dir
+from charrnn.corpus import UnknownCharacters, prepare_dir
 from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
 from charrnn.errors import CharRNNError, ConfigError, TrainingError
 from charrnn.evaluate import evaluate_stream
@@ -42,15 +42,19 @@ class Run:
     val: EvalStream = None
     resume: bool = False
     notes: list = dataclasses.field(default_factory=list)
+    init_from: object = None  # the TrainedModel whose weights a new fine-tuning run starts from
 
 
-def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None):
+def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
+            init_checkpoint="auto"):
     """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
     saved config (fixed fields must still match), every other field keeps its saved value. The
     text is read through the prepared-data cache in ``cache_dir`` (see charrnn/corpus.py).
-    Raises before anything in ``save_dir`` changes.
+    ``init_from`` (a save directory) starts a fine-tuning run from the weights of its checkpoint
+    ``init_checkpoint``: its shape and character ids are kept (see :func:`_fine_tuning`); running
+    the same command again resumes that run. Raises before anything in ``save_dir`` changes.
     """
     config.validate()
     rundir = RunDir(save_dir)
@@ -66,10 +70,25 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         if cleaning:  # said before the text is read: they would change its ids and fingerprint
             raise ConfigError(f"cannot resume {save_dir} with different settings (" + "; ".join(cleaning)
                               + "); use the saved values or pass --fresh")
-    corpus = prepare_dir(data_dir, cache_dir, config.bad_text, config.min_char_count, log)
+    source, imposed = None, None
+    if init_from:
+        source, config = _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
+        imposed = saved_vocab if resume else source.vocab
+    elif resume and saved.init_from:
+        imposed = saved_vocab  # a fine-tuned run keeps its source's characters, used or not
+    try:
+        corpus = prepare_dir(data_dir, cache_dir, config.bad_text, config.min_char_count, log, vocab=imposed)
+    except UnknownCharacters as e:
+        raise ConfigError(f"the text has {len(e.chars)} character(s) the --init_from model never saw: "
+                          f"{format_chars(e.chars, limit=len(e.chars))}; remove them from the text")
     vocab = corpus.vocab
     notes = [f"data: {len(corpus.ids):,} characters from {len(corpus.files)} file(s) in {data_dir}"
              + (" (prepared ids reused)" if corpus.reused else "")] + corpus.notes
+    if source:
+        used = sum(1 for n in vocab.counts if n)
+        notes.append(f"fine-tuning: weights from {source.checkpoint}; fresh optimizer, step 0, the learning-"
+                     f"rate schedule from the start; {used} of the source's {len(vocab)} characters "
+                     "occur in the text")
     config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=corpus.fingerprint)
 
     if resume:
@@ -103,7 +122,33 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         notes.append(f"validation: last {held_out:,} characters ({config.val_frac:g} of the text)"
                      + (f", scoring the first {len(val_ids):,} (--max_val_chars)" if len(val_ids) < held_out
                         else ""))
-    return Run(config, vocab, train, val, resume, notes)
+    return Run(config, vocab, train, val, resume, notes, None if resume else source)
+
+
+def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint):
+    """(source TrainedModel, or None on resume; config) of a run fine-tuned from ``init_from``:
+    its shape is the run's and config.init_from records the checkpoint (the caller prepares the
+    text under the source's vocabulary, so its characters keep their ids). A run already in
+    ``save_dir`` is resumed only if it was fine-tuned from the same directory."""
+    source_dir = os.path.abspath(init_from)
+    if os.path.abspath(save_dir) == source_dir:
+        raise ConfigError(f"--save_dir {save_dir} is the --init_from directory; fine-tune into a new "
+                          "--save_dir (the source run stays as it is)")
+    if resume:
+        saved = RunDir(save_dir).read_config()
+        if not saved.init_from.startswith(source_dir + os.sep):
+            origin = f"fine-tuned from {saved.init_from}" if saved.init_from else "trained from scratch"
+            raise ConfigError(f"--save_dir {save_dir} already holds a run ({origin}); pass --fresh to "
+                              f"replace it with one fine-tuned from {init_from}, or choose another --save_dir")
+        return None, config
+    source = RunDir(init_from).open_model(init_checkpoint, log)
+    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers")}
+    differences = [f"--{name} {getattr(config, name)} (the source model's is {value})"
+                   for name, value in shape.items() if name in explicit and getattr(config, name) != value]
+    if differences:
+        raise ConfigError(f"cannot fine-tune {init_from} with a different shape: {'; '.join(differences)}; "
+                          "drop the flag (the shape comes from the source model)")
+    return source, dataclasses.replace(config, **shape, init_from=os.path.abspath(source.checkpoint))
 
 
 class _StopSignal:
@@ -207,6 +252,8 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             eval_model = EvalGraph(c, batch_size=run.val.batch_size) if run.val else None
             sample_model = SampleGraph(c) if run.val else None
             variables = tf1.global_variables()
+            weights = tf1.trainable_variables()  # the model's weights, not Adam's slots or the state
+            init_saver = tf1.train.Saver(weights) if run.init_from else None
             saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
             best_saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
             init_global = tf1.global_variables_initializer()
@@ -221,6 +268,9 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
                 log(f"resumed from {path}")
             else:
                 session.run(init_global)
+                if run.init_from:
+                    restore(session, init_saver, weights, run.init_from.checkpoint, run.init_from.save_dir)
+                    log(f"weights from {run.init_from.checkpoint}")
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:
                 trainer = Trainer(run, rundir, session, model, eval_model, sample_model, saver, best_saver,
