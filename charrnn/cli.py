@@ -8,6 +8,7 @@ from absl import app, flags
 from charrnn.config import Config, flag_fields
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.presets import PRESETS
+from charrnn.rundir import CHECKPOINT_CHOICES
 
 FLAGS = flags.FLAGS
 
@@ -140,8 +141,7 @@ def _define_train_flags():
     flags.DEFINE_string("init_from", None, "Fine-tune: start a new run in --save_dir from the weights of "
                         "this save directory's model (its shape and character ids; a fresh optimizer, step "
                         "0). Run the same command again to resume it.")
-    flags.DEFINE_string("init_checkpoint", "auto", "With --init_from, which checkpoint: auto (best if any, "
-                        "else latest), best, latest, or a checkpoint path prefix.")
+    flags.DEFINE_string("init_checkpoint", "auto", "With --init_from, which checkpoint: " + CHECKPOINT_CHOICES + ".")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
@@ -184,8 +184,6 @@ def train_main():
 
 def _define_model_flags():
     """--save_dir and --checkpoint: which trained model a command opens."""
-    from charrnn.rundir import CHECKPOINT_CHOICES
-
     flags.DEFINE_string("save_dir", "save", "Folder of a trained model.")
     flags.DEFINE_string("checkpoint", "auto", CHECKPOINT_CHOICES + ".")
 

@@ -31,7 +31,7 @@ class Sampler:
             if n == 0:
                 return
             counts = np.array(self.vocab.counts, np.float64)
-            first = np.random.RandomState(seed).choice(len(counts), p=counts / counts.sum())
+            first = np.random.RandomState(seed % 2**32).choice(len(counts), p=counts / counts.sum())  # any int64 seed
             prime = self.vocab.chars[first]
             n -= 1
         yield prime

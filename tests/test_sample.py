@@ -193,3 +193,11 @@ def test_small_noise_blocks_and_no_input_table_give_the_same_draws_in_any_chunki
     finally:
         small_blocks.close()
         no_table.close()
+
+
+def test_any_int64_seed_works_with_an_empty_prime(trained):
+    """The first character of an empty prime is drawn with numpy, whose seeds are 32-bit."""
+    _, sampler = trained
+    for seed in (-1, 2**40):
+        drawn = text(sampler, "", 10, seed=seed)
+        assert len(drawn) == 10 and drawn == text(sampler, "", 10, seed=seed)
