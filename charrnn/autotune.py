@@ -5,18 +5,20 @@ faster depends on the CPU: XLA made the default graph 37-43% faster on an AMD EP
 slower on an Intel Xeon (issue 14). With ``--xla auto`` both are timed for a few steps in
 throwaway graphs (the run's own graph, seed and data position are untouched), alternated so that
 a noisy neighbour slows both alike, and XLA is taken only if it is faster by a clear margin: the
-simpler graph wins anything closer. The run records the choice in config.json, so a resume
-builds the same graph and stays bit-exact.
+simpler graph wins anything closer. Each graph's fastest round counts. The run records the
+choice in config.json, so a resume builds the same graph and stays bit-exact.
 """
 import dataclasses
-import statistics
 import time
 
 from charrnn.tfcompat import load, release_free_memory, session_config
 
 MARGIN = 1.10  # XLA must take at most 1/1.10 of the plain graph's time per step
-WARMUP_STEPS = 2  # the first includes XLA's compilation
+WARMUP_STEPS = 3  # the first includes XLA's compilation
 ROUNDS, STEPS_PER_ROUND = 3, 3
+# The executor threads of the graph that just ran keep spinning for a while, and on two cores
+# they slowed the other graph's next steps (XLA's by up to 70%): each timed block waits this long.
+SETTLE_SECONDS = 0.2
 
 
 def prefer_xla(plain_seconds, xla_seconds, margin=MARGIN):
@@ -35,12 +37,15 @@ def choose_xla(config, loader, log=None):
         times = {xla: [] for xla in candidates}
         for _ in range(ROUNDS):
             for xla, candidate in candidates.items():
+                time.sleep(SETTLE_SECONDS)
                 times[xla].append(candidate.run(STEPS_PER_ROUND) / STEPS_PER_ROUND)
     finally:
         for candidate in candidates.values():
             candidate.close()
         release_free_memory()  # what the throwaway graphs and XLA's compilation used
-    plain, xla = statistics.median(times[False]), statistics.median(times[True])
+    # The fastest round of each: interference only ever adds time, and one slow round (a
+    # neighbour's burst) must not decide a run of hours.
+    plain, xla = min(times[False]), min(times[True])
     use_xla = prefer_xla(plain, xla)
     account = (f"xla: auto chose {'XLA' if use_xla else 'no XLA'} ({1000 * xla:.1f} ms/step with XLA, "
                f"{1000 * plain:.1f} without; XLA needs a {MARGIN - 1:.0%} lead; measured in "
