@@ -40,6 +40,7 @@ import numpy as np
 
 from charrnn.data import Vocab, format_chars
 from charrnn.errors import CharRNNError, DataError
+from charrnn.rundir import write_json_atomic
 
 CHUNK_BYTES = 8 << 20
 FORMAT_VERSION = 1  # of the cache record
@@ -212,7 +213,7 @@ def _build(entry, paths, manifest, options, vocab, log):
                   "ids_file": ids_file, "fingerprint": fingerprint, "notes": notes,
                   "skipped": encoder.skipped}
         try:
-            _write_json_atomic(entry + ".json", record)
+            write_json_atomic(entry + ".json", record)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, ids_file))
@@ -228,19 +229,6 @@ def _build(entry, paths, manifest, options, vocab, log):
     path = os.path.join(directory, ids_file)
     return Corpus(_map(path, dtype), vocab, fingerprint, [m[0] for m in manifest], notes, False,
                   encoder.skipped)
-
-
-def _write_json_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def write_ids(f, ids):

@@ -99,9 +99,9 @@ class RunDir:
 
     def write_config_and_vocab(self, config, vocab):
         """Both files atomically (a crash never leaves half a file)."""
-        _write_json_atomic(os.path.join(self.path, CONFIG_FILE),
+        write_json_atomic(os.path.join(self.path, CONFIG_FILE),
                            {"format_version": FORMAT_VERSION, "config": dataclasses.asdict(config)})
-        _write_json_atomic(os.path.join(self.path, VOCAB_FILE),
+        write_json_atomic(os.path.join(self.path, VOCAB_FILE),
                            {"format_version": FORMAT_VERSION, **vocab.to_json()})
 
     def open_model(self, which="auto", log=None):
@@ -179,7 +179,7 @@ class RunDir:
         def write():
             os.makedirs(self.best_path, exist_ok=True)
             path = saver.save(session, os.path.join(self.best_path, CHECKPOINT_PREFIX), global_step=step)
-            _write_json_atomic(os.path.join(self.best_path, BEST_RECORD),
+            write_json_atomic(os.path.join(self.best_path, BEST_RECORD),
                               {"step": step, "val_loss": val_loss, "bits_per_char": val_loss / np.log(2)})
             return path
 
@@ -224,8 +224,9 @@ class RunDir:
                     os.unlink(path)
 
 
-def _write_json_atomic(path, obj):
-    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
+def write_json_atomic(path, obj):
+    """Write JSON via a temporary file and rename, so a crash never leaves half a file (the save
+    directory's files and the prepared-data cache's records)."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
