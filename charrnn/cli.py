@@ -142,6 +142,9 @@ def _define_train_flags():
                         "this save directory's model (its shape and character ids; a fresh optimizer, step "
                         "0). Run the same command again to resume it.")
     flags.DEFINE_string("init_checkpoint", "auto", "With --init_from, which checkpoint: " + CHECKPOINT_CHOICES + ".")
+    flags.DEFINE_boolean("extend_vocab", False, "With --init_from, give characters of the text the source "
+                         "model never saw new ids, with fresh embedding rows and softmax columns (the "
+                         "source's characters keep their trained ones); without it they are refused.")
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
@@ -168,7 +171,8 @@ def _train_main():
     if problems:
         raise ConfigError("; ".join(problems))
     run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
-                        init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint)
+                        init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint,
+                        extend_vocab=FLAGS.extend_vocab)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
                          max_minutes=FLAGS.max_minutes)
     if result.signum:

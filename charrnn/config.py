@@ -51,9 +51,13 @@ class Config:
                                  "into one, U+FFFD; 0 keeps every character.", min=0, zero="off")
     max_val_chars: int = _field(0, "Score at most this many characters (the first ones) of the "
                                 "held-out text at each validation; 0 scores all of it.", min=0, zero="all")
-    # Set by charrnn-train --init_from (not a flag of its own): where the weights started from.
+    # Set by charrnn-train --init_from and --extend_vocab (not flags of their own): where the weights
+    # started from, and which characters were new to them.
     init_from: str = _field("", "The checkpoint whose weights this run started from (fine-tuning); "
                             "empty for a run from scratch.", from_data=True)
+    added_chars: str = _field("", "The characters charrnn-train --extend_vocab added to the --init_from "
+                              "model's vocabulary (fresh embedding rows and softmax columns); empty if "
+                              "none.", from_data=True)
     # Optimisation.
     num_epochs: int = _field(10, "Total epochs of the run (a resume counts from step 0).", above=0)
     learning_rate: float = _field(2e-3, "Adam learning rate at epoch 0.", above=0)

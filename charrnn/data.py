@@ -49,6 +49,13 @@ class Vocab:
     def __len__(self):
         return len(self.chars)
 
+    def extended(self, chars):
+        """This vocabulary with ``chars`` added, each at its sorted position (so the ids of the
+        characters after it shift up by one); the new characters count 0."""
+        counts = dict(zip(self.chars, self.counts))
+        merged = sorted(set(self.chars) | set(chars))
+        return Vocab(merged, [counts.get(c, 0) for c in merged])
+
     @property
     def id_dtype(self):
         """The narrowest unsigned type that holds every id (compact arrays for large texts)."""

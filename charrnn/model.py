@@ -44,6 +44,11 @@ def _scope():
     return tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE)
 
 
+# The weights with one slice per character, by variable name, and the axis the characters lie on:
+# what charrnn-train --extend_vocab widens (ModelWeights makes them).
+VOCAB_AXES = {f"{SCOPE}/embedding": 0, f"{SCOPE}/softmax_w": 1, f"{SCOPE}/softmax_b": 0}
+
+
 class ModelWeights:
     """Every trainable variable of the model, created (or reused) in the current graph.
 

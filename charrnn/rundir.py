@@ -380,6 +380,48 @@ def restore(session, saver, variables, path, save_dir):
         raise CheckpointError(f"{path}: cannot be restored ({first_line[:200]})")
 
 
+def restore_into(session, variables, path, save_dir, vocab_axes, positions):
+    """Load ``variables`` (initialised already) from checkpoint ``path``, whose vocabulary may be
+    a subset of this graph's: along each variable's axis in ``vocab_axes`` ({name: axis}), the
+    saved slice of character id i goes to slice ``positions[i]`` and the other slices keep their
+    initial values; every other variable is loaded whole. Names and shapes are checked first.
+
+    (A fine-tuning run's start: with the source's vocabulary unchanged, ``positions`` is
+    0..V-1 and this is a plain restore of the weights.)
+    """
+    tf, _ = load()
+    positions = np.asarray(positions, np.int64)
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    problems = []
+    for v in variables:
+        name, shape = v.op.name, v.shape.as_list()
+        if name in vocab_axes:
+            shape[vocab_axes[name]] = len(positions)
+        if name not in shapes:
+            problems.append(f"{name} is missing")
+        elif shapes[name] != shape:
+            problems.append(f"{name} is {shapes[name]}, the config needs {shape}")
+    if problems:
+        raise CheckpointError(f"{path}: does not match {save_dir}/config.json and vocab.json "
+                              f"({'; '.join(problems[:3])}); the directory is inconsistent")
+    try:
+        for v in variables:
+            name = v.op.name
+            saved = reader.get_tensor(name)
+            if name in vocab_axes:
+                value = session.run(v)  # the initial values: the new characters' slices keep them
+                where = [slice(None)] * value.ndim
+                where[vocab_axes[name]] = positions
+                value[tuple(where)] = saved
+            else:
+                value = saved
+            v.load(value, session)  # feeds the variable's initializer: no new op in the graph
+    except tf.errors.OpError as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: cannot be restored ({first_line[:200]})")
+
+
 class _Lock:
     """An exclusive flock on the lock file: the kernel drops it when the holder dies."""
 

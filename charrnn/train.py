@@ -19,8 +19,8 @@ from charrnn.corpus import UnknownCharacters, prepare_dir
 from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
 from charrnn.errors import CharRNNError, ConfigError, TrainingError
 from charrnn.evaluate import evaluate_stream
-from charrnn.model import EvalGraph, SampleGraph, TrainGraph
-from charrnn.rundir import RunDir, restore
+from charrnn.model import VOCAB_AXES, EvalGraph, SampleGraph, TrainGraph
+from charrnn.rundir import RunDir, restore, restore_into
 from charrnn.sample import generate_ids
 from charrnn.tfcompat import load, release_free_memory, session_config
 
@@ -46,7 +46,7 @@ class Run:
 
 
 def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
-            init_checkpoint="auto"):
+            init_checkpoint="auto", extend_vocab=False):
     """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
@@ -54,9 +54,15 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     text is read through the prepared-data cache in ``cache_dir`` (see charrnn/corpus.py).
     ``init_from`` (a save directory) starts a fine-tuning run from the weights of its checkpoint
     ``init_checkpoint``: its shape and character ids are kept (see :func:`_fine_tuning`); running
-    the same command again resumes that run. Raises before anything in ``save_dir`` changes.
+    the same command again resumes that run. With ``extend_vocab``, characters of the text the
+    source never saw join its vocabulary at their sorted places: they get freshly initialised
+    embedding rows and softmax columns, the source's characters their trained ones (moved to
+    their new ids, see :func:`start_from_source`). Raises before anything in ``save_dir`` changes.
     """
     config.validate()
+    if extend_vocab and not init_from:
+        raise ConfigError("--extend_vocab needs --init_from SAVE_DIR: it adds the text's new characters "
+                          "to that model's vocabulary")
     rundir = RunDir(save_dir)
     resume = rundir.has_checkpoint() and not fresh
     if resume:
@@ -76,19 +82,37 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         imposed = saved_vocab if resume else source.vocab
     elif resume and saved.init_from:
         imposed = saved_vocab  # a fine-tuned run keeps its source's characters, used or not
+    added = []
     try:
         corpus = prepare_dir(data_dir, cache_dir, config.bad_text, config.min_char_count, log, vocab=imposed)
     except UnknownCharacters as e:
-        raise ConfigError(f"the text has {len(e.chars)} character(s) the --init_from model never saw: "
-                          f"{format_chars(e.chars, limit=len(e.chars))}; remove them from the text")
+        named = format_chars(e.chars, limit=len(e.chars))
+        if resume:  # the run's vocabulary is fixed by its checkpoints now
+            raise ConfigError(f"cannot resume {save_dir}: the text has {len(e.chars)} character(s) its "
+                              f"vocabulary lacks: {named}; remove them from the text, or fine-tune again "
+                              "with --init_from SOURCE --fresh --extend_vocab")
+        if not extend_vocab:
+            raise ConfigError(f"the text has {len(e.chars)} character(s) the --init_from model never saw: "
+                              f"{named}; remove them from the text, or pass --extend_vocab to give them "
+                              "new ids (fresh embedding rows and softmax columns)")
+        added = e.chars
+        corpus = prepare_dir(data_dir, cache_dir, config.bad_text, config.min_char_count, log,
+                             vocab=imposed.extended(added))
     vocab = corpus.vocab
     notes = [f"data: {len(corpus.ids):,} characters from {len(corpus.files)} file(s) in {data_dir}"
              + (" (prepared ids reused)" if corpus.reused else "")] + corpus.notes
     if source:
-        used = sum(1 for n in vocab.counts if n)
+        used = sum(1 for c in source.vocab.chars if vocab.counts[vocab.index[c]])
         notes.append(f"fine-tuning: weights from {source.checkpoint}; fresh optimizer, step 0, the learning-"
-                     f"rate schedule from the start; {used} of the source's {len(vocab)} characters "
+                     f"rate schedule from the start; {used} of the source's {len(source.vocab)} characters "
                      "occur in the text")
+        if added:
+            notes.append(f"--extend_vocab: {len(added)} new character(s) with fresh embedding rows and "
+                         f"softmax columns: {format_chars(added, limit=len(added))}; the source's "
+                         f"{len(source.vocab)} keep their trained ones")
+        elif extend_vocab:
+            notes.append("--extend_vocab: nothing to add, the source model has every character of the text")
+        config = dataclasses.replace(config, added_chars="".join(added))
     config = dataclasses.replace(config, vocab_size=len(vocab), data_sha256=corpus.fingerprint)
 
     if resume:
@@ -149,6 +173,15 @@ def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
         raise ConfigError(f"cannot fine-tune {init_from} with a different shape: {'; '.join(differences)}; "
                           "drop the flag (the shape comes from the source model)")
     return source, dataclasses.replace(config, **shape, init_from=os.path.abspath(source.checkpoint))
+
+
+def start_from_source(session, run, weights):
+    """Load a new fine-tuning run's ``weights`` (initialised) from its source's checkpoint. Each
+    source character's embedding row, softmax column and bias go to its id in ``run.vocab``;
+    characters --extend_vocab added keep the initial values a fresh run of this vocabulary has."""
+    source = run.init_from
+    positions = [run.vocab.index[c] for c in source.vocab.chars]  # source id -> this run's id
+    restore_into(session, weights, source.checkpoint, source.save_dir, VOCAB_AXES, positions)
 
 
 class _StopSignal:
@@ -253,7 +286,6 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             sample_model = SampleGraph(c) if run.val else None
             variables = tf1.global_variables()
             weights = tf1.trainable_variables()  # the model's weights, not Adam's slots or the state
-            init_saver = tf1.train.Saver(weights) if run.init_from else None
             saver = tf1.train.Saver(variables, max_to_keep=c.max_to_keep, save_relative_paths=True)
             best_saver = tf1.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
             init_global = tf1.global_variables_initializer()
@@ -269,7 +301,7 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             else:
                 session.run(init_global)
                 if run.init_from:
-                    restore(session, init_saver, weights, run.init_from.checkpoint, run.init_from.save_dir)
+                    start_from_source(session, run, weights)
                     log(f"weights from {run.init_from.checkpoint}")
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:

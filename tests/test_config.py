@@ -41,7 +41,8 @@ def saved_dict(**changes):
 
 
 def test_every_flag_field_has_help_and_only_data_fields_are_not_flags():
-    assert {f.name for f in dataclasses.fields(Config)} - set(FLAG_NAMES) == {"vocab_size", "data_sha256", "init_from"}
+    assert {f.name for f in dataclasses.fields(Config)} - set(FLAG_NAMES) == {"vocab_size", "data_sha256", "init_from",
+                                                                             "added_chars"}
     for field in flag_fields():
         assert field.metadata["help"].strip(), field.name
 
@@ -143,5 +144,6 @@ def test_the_0_1_0_fixture_config_loads_to_the_same_values():
     assert {k: v for k, v in values.items() if k in raw} == raw
     # Fields added after 0.1.0 take their defaults, which change nothing about the run.
     added = {k: v for k, v in values.items() if k not in raw}
-    assert added == {"bad_text": "refuse", "min_char_count": 0, "max_val_chars": 0, "init_from": ""}
+    assert added == {"bad_text": "refuse", "min_char_count": 0, "max_val_chars": 0, "init_from": "",
+                     "added_chars": ""}
     assert all(type(getattr(config, f.name)) is f.type for f in dataclasses.fields(Config))

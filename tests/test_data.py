@@ -69,6 +69,14 @@ def test_vocab_is_sorted_and_round_trips(tmp_path):
     assert again.chars == vocab.chars and again.counts == vocab.counts
 
 
+def test_extended_vocab_puts_new_characters_at_their_sorted_places():
+    vocab = Vocab(["b", "d"], [3, 4])
+    extended = vocab.extended(["e", "a", "c", "d"])  # "d" is already there
+    assert extended.chars == ["a", "b", "c", "d", "e"] and extended.counts == [0, 3, 0, 4, 0]
+    assert list(extended.encode("abcde")) == [0, 1, 2, 3, 4]
+    assert vocab.chars == ["b", "d"]  # the original is unchanged
+
+
 def test_vocab_wider_ids_for_large_alphabets():
     text = "".join(chr(0x4E00 + i) for i in range(300))  # 300 distinct: more than uint8 holds
     vocab = Vocab.from_text(text)
