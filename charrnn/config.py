@@ -62,6 +62,20 @@ class Config:
     dropout: float = _field(0.0, "Drop probability on LSTM inputs and outputs in training.",
                             min=0, below=1)
     seed: int = _field(0, "Seed for weights and dropout; recorded in config.json.")
+    # Added after 0.1.0 (issue 15): a schedule that ends with a step budget. A saved config.json
+    # without these fields ran with the per-epoch decay, which is still the default.
+    decay_schedule: str = _field("epoch", "Learning-rate schedule: 'epoch' multiplies it by "
+                                 "--decay_rate once per epoch (open-ended training); 'cosine' and "
+                                 "'linear' warm up over --warmup_steps, then decay to "
+                                 "--final_lr_frac x --learning_rate at step --decay_steps.",
+                                 choices=("epoch", "cosine", "linear"))
+    decay_steps: int = _field(0, "The step at which 'cosine' and 'linear' reach their end; fixed "
+                              "in config.json when the run starts, so a resume keeps it.", min=0,
+                              zero="--num_epochs x batches per epoch")
+    warmup_steps: int = _field(100, "Steps of linear warm-up from 0 to --learning_rate, for "
+                               "'cosine' and 'linear' ('epoch' has none, as in 0.1.0).", min=0)
+    final_lr_frac: float = _field(0.0, "The learning rate 'cosine' and 'linear' end at, as a "
+                                  "fraction of --learning_rate.", min=0, max=1)
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
