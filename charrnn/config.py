@@ -11,7 +11,9 @@ from charrnn.errors import ConfigError
 # Fields that fix the shapes of the weights, the carried state or the data layout: a resume must
 # match them exactly. Everything else may be changed on resume by passing the flag again.
 FIXED_FIELDS = ("vocab_size", "hidden_size", "num_layers", "batch_size", "seq_length", "val_frac",
-                "data_sha256")
+                "data_sha256", "model")
+# Fixed fields added after 0.1.0: a config.json without one ran with the field's default.
+ADDED_FIXED_FIELDS = ("model",)
 
 
 def _field(default, help, *, from_data=False, min=None, above=None, max=None, below=None,
@@ -76,6 +78,11 @@ class Config:
                                "'cosine' and 'linear' ('epoch' has none, as in 0.1.0).", min=0)
     final_lr_frac: float = _field(0.0, "The learning rate 'cosine' and 'linear' end at, as a "
                                   "fraction of --learning_rate.", min=0, max=1)
+    # The recurrent cell (issue 15), as karpathy's char-rnn offers them: a config.json without it
+    # ran an LSTM. Part of the weights' shape (FIXED_FIELDS).
+    model: str = _field("lstm", "Recurrent cell: 'lstm' (LSTMCell, the default), 'gru' (GRUCell: one "
+                        "state tensor per layer) or 'rnn' (BasicRNNCell, tanh).",
+                        choices=("lstm", "gru", "rnn"))
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -116,7 +123,7 @@ class Config:
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
-        missing = sorted(set(FIXED_FIELDS) - set(raw))
+        missing = sorted(set(FIXED_FIELDS) - set(ADDED_FIXED_FIELDS) - set(raw))
         if unknown or missing:
             raise ConfigError(f"{where}: unknown fields {unknown}, missing fields {missing}; "
                               "it was not written by this charrnn version")
@@ -151,6 +158,9 @@ def _problems(values, unset_ok):
         elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):
             name = field.name if meta["from_data"] else f"--{field.name}"
             problems.append(f"{name} must be {_requirement(field)} (got {value!r})")
+    if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":
+        problems.append(f"--rnn_impl layerwise computes LSTMs only; train --model {values['model']} "
+                        "with --rnn_impl cell")
     return problems
 
 

@@ -73,6 +73,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     source, imposed = None, None
     if init_from:
         source, config = _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
+        config.validate()  # the source's cell may not suit the flags' graph (gru with layerwise)
         imposed = saved_vocab if resume else source.vocab
     elif resume and saved.init_from:
         imposed = saved_vocab  # a fine-tuned run keeps its source's characters, used or not
@@ -148,7 +149,7 @@ def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
                               f"replace it with one fine-tuned from {init_from}, or choose another --save_dir")
         return None, config
     source = RunDir(init_from).open_model(init_checkpoint, log)
-    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers")}
+    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers", "model")}
     differences = [f"--{name} {getattr(config, name)} (the source model's is {value})"
                    for name, value in shape.items() if name in explicit and getattr(config, name) != value]
     if differences:
