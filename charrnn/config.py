@@ -83,6 +83,13 @@ class Config:
     model: str = _field("lstm", "Recurrent cell: 'lstm' (LSTMCell, the default), 'gru' (GRUCell: one "
                         "state tensor per layer) or 'rnn' (BasicRNNCell, tanh).",
                         choices=("lstm", "gru", "rnn"))
+    # Regularizers (issue 15), off by default: a config.json without them ran without them.
+    variational_dropout: bool = _field(False, "Draw each --dropout mask once per row and step and "
+                                       "use it at every time step of the window (variational "
+                                       "dropout on inputs and outputs), instead of per character.")
+    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW): each step also shrinks the "
+                                 "weight matrices (not biases) by learning rate x this; 0 is plain "
+                                 "Adam.", min=0)
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",

@@ -378,9 +378,20 @@ class TrainGraph:
                 loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
                 params = weights.trainable
                 clipped, grad_norm = tf.clip_by_global_norm(tf.gradients(loss, params), c.grad_clip)
-                apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
-                    zip(clipped, params), global_step=self.global_step)
-                return loss, grad_norm, self.state.assign(final_state) + [apply]
+                if not c.weight_decay:
+                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
+                        zip(clipped, params), global_step=self.global_step)
+                    return loss, grad_norm, self.state.assign(final_state) + [apply]
+                # AdamW: w -= lr * weight_decay * w, decoupled from Adam's moments (so not a
+                # gradient term), on the weights before this step's update; matrices only.
+                matrices = [p for p in params if p.shape.ndims == 2]
+                shrink = [self.lr * c.weight_decay * p.read_value() for p in matrices]
+                with tf.control_dependencies(shrink):
+                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
+                        zip(clipped, params), global_step=self.global_step)
+                with tf.control_dependencies([apply]):
+                    decay = tf.group(*[p.assign_sub(d) for p, d in zip(matrices, shrink)])
+                return loss, grad_norm, self.state.assign(final_state) + [decay]
 
             feeds = [self.inputs, self.targets, loss_weights, masks, transposed]  # nested: XLA keeps the structure
             if c.xla:
@@ -408,15 +419,19 @@ class TrainGraph:
         """[input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep.
 
         One seed per step, derived from (seed, global_step): stateless, so exact on resume.
+        With ``variational_dropout`` each row draws one mask per step and repeats it over time.
         """
         tf, _ = load()
         c = config
         B, T, H, L = c.batch_size, c.seq_length, c.hidden_size, c.num_layers
+        drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
         keep = 1.0 - c.dropout
         step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
-        input_mask = tf.cast(tf.random.stateless_uniform([B, T, H], step_seed) < keep, tf.float32) / keep
+        input_mask = tf.cast(tf.random.stateless_uniform([B, drawn, H], step_seed) < keep, tf.float32) / keep
         out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
-        masks = tf.cast(tf.random.stateless_uniform([B, T, L, H], out_seed) < keep, tf.float32) / keep
+        masks = tf.cast(tf.random.stateless_uniform([B, drawn, L, H], out_seed) < keep, tf.float32) / keep
+        if c.variational_dropout:
+            input_mask, masks = tf.tile(input_mask, [1, T, 1]), tf.tile(masks, [1, T, 1, 1])
         return [input_mask, masks]
 
 
