@@ -7,6 +7,9 @@ throwaway graphs (the run's own graph, seed and data position are untouched), al
 a noisy neighbour slows both alike, and XLA is taken only if it is faster by a clear margin: the
 simpler graph wins anything closer. Each graph's fastest round counts. The run records the
 choice in config.json, so a resume builds the same graph and stays bit-exact.
+
+A wall-clock budget becomes a step total the same way (:func:`steps_in_minutes`): once, before
+the run, so the learning-rate schedule can end where the time does and resume stays exact.
 """
 import dataclasses
 import time
@@ -53,6 +56,48 @@ def choose_xla(config, loader, log=None):
     if log:
         log(account)
     return use_xla, account
+
+
+def steps_in_minutes(config, loader, val, minutes, log=None):
+    """How many training steps of ``config`` fit in ``minutes`` of wall time, evaluations of
+    ``val`` (an EvalStream, or None) every eval_every steps and at epoch ends included.
+
+    Times, in throwaway graphs, the first steps (XLA's compilation), the mean of the next
+    ROUNDS x STEPS_PER_ROUND steps (the mean, not the fastest: the budget must hold under the
+    load there is) and one evaluation pass. Returns (steps, seconds this measurement took).
+    """
+    from charrnn.evaluate import evaluate_stream
+    from charrnn.model import EvalGraph
+
+    tf, tf1 = load()
+    started = time.perf_counter()
+    timed = _TimedStep(config, loader)
+    try:
+        first_steps = timed.run(WARMUP_STEPS)
+        per_step = timed.run(ROUNDS * STEPS_PER_ROUND) / (ROUNDS * STEPS_PER_ROUND)
+    finally:
+        timed.close()
+    per_eval = 0.0
+    if val is not None:
+        graph = tf.Graph()
+        with graph.as_default():
+            model = EvalGraph(config, batch_size=val.batch_size)
+            init = [tf1.global_variables_initializer(), tf1.local_variables_initializer()]
+        with tf1.Session(graph=graph, config=session_config()) as session:
+            session.run(init)
+            evaluate_stream(session, model, val)  # the first pass builds the kernels
+            eval_started = time.perf_counter()
+            evaluate_stream(session, model, val)
+            per_eval = time.perf_counter() - eval_started
+    release_free_memory()
+    seconds = time.perf_counter() - started
+    evals_per_step = 1 / config.eval_every + 1 / loader.num_batches if val is not None else 0.0
+    budget = 60 * minutes - seconds - first_steps  # the measurement is part of the budget
+    steps = max(1, int(budget / (per_step + per_eval * evals_per_step)))
+    if log:
+        log(f"budget: {minutes:g} min = {steps:,} steps ({1000 * per_step:.1f} ms/step, "
+            f"{per_eval:.1f} s per evaluation, first steps {first_steps:.1f} s; measured in {seconds:.1f} s)")
+    return steps, seconds
 
 
 class _TimedStep:

@@ -11,7 +11,9 @@ from charrnn.errors import ConfigError
 # Fields that fix the shapes of the weights, the carried state or the data layout: a resume must
 # match them exactly. Everything else may be changed on resume by passing the flag again.
 FIXED_FIELDS = ("vocab_size", "hidden_size", "num_layers", "batch_size", "seq_length", "val_frac",
-                "data_sha256")
+                "data_sha256", "model")
+# Fixed fields added after 0.1.0: a config.json without one ran with the field's default.
+ADDED_FIXED_FIELDS = ("model",)
 
 
 def _field(default, help, *, from_data=False, min=None, above=None, max=None, below=None,
@@ -66,6 +68,32 @@ class Config:
     dropout: float = _field(0.0, "Drop probability on LSTM inputs and outputs in training.",
                             min=0, below=1)
     seed: int = _field(0, "Seed for weights and dropout; recorded in config.json.")
+    # Added after 0.1.0 (issue 15): a schedule that ends with a step budget. A saved config.json
+    # without these fields ran with the per-epoch decay, which is still the default.
+    decay_schedule: str = _field("epoch", "Learning-rate schedule: 'epoch' multiplies it by "
+                                 "--decay_rate once per epoch (open-ended training); 'cosine' and "
+                                 "'linear' warm up over --warmup_steps, then decay to "
+                                 "--final_lr_frac x --learning_rate at step --decay_steps.",
+                                 choices=("epoch", "cosine", "linear"))
+    decay_steps: int = _field(0, "The step at which 'cosine' and 'linear' reach their end; fixed "
+                              "in config.json when the run starts, so a resume keeps it.", min=0,
+                              zero="--num_epochs x batches per epoch")
+    warmup_steps: int = _field(100, "Steps of linear warm-up from 0 to --learning_rate, for "
+                               "'cosine' and 'linear' ('epoch' has none, as in 0.1.0).", min=0)
+    final_lr_frac: float = _field(0.0, "The learning rate 'cosine' and 'linear' end at, as a "
+                                  "fraction of --learning_rate.", min=0, max=1)
+    # The recurrent cell (issue 15), as karpathy's char-rnn offers them: a config.json without it
+    # ran an LSTM. Part of the weights' shape (FIXED_FIELDS).
+    model: str = _field("lstm", "Recurrent cell: 'lstm' (LSTMCell, the default), 'gru' (GRUCell: one "
+                        "state tensor per layer) or 'rnn' (BasicRNNCell, tanh).",
+                        choices=("lstm", "gru", "rnn"))
+    # Regularizers (issue 15), off by default: a config.json without them ran without them.
+    variational_dropout: bool = _field(False, "Draw each --dropout mask once per row and step and "
+                                       "use it at every time step of the window (variational "
+                                       "dropout on inputs and outputs), instead of per character.")
+    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW): each step also shrinks the "
+                                 "weight matrices (not biases) by learning rate x this; 0 is plain "
+                                 "Adam.", min=0)
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -106,7 +134,7 @@ class Config:
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
-        missing = sorted(set(FIXED_FIELDS) - set(raw))
+        missing = sorted(set(FIXED_FIELDS) - set(ADDED_FIXED_FIELDS) - set(raw))
         if unknown or missing:
             raise ConfigError(f"{where}: unknown fields {unknown}, missing fields {missing}; "
                               "it was not written by this charrnn version")
@@ -141,6 +169,9 @@ def _problems(values, unset_ok):
         elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):
             name = field.name if meta["from_data"] else f"--{field.name}"
             problems.append(f"{name} must be {_requirement(field)} (got {value!r})")
+    if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":
+        problems.append(f"--rnn_impl layerwise computes LSTMs only; train --model {values['model']} "
+                        "with --rnn_impl cell")
     return problems
 
 

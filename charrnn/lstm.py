@@ -1,7 +1,8 @@
 """The LSTM math, apart from the graphs that use it (as torch-rnn keeps LSTM.lua apart).
 
 LSTMCell's gate layout and forget bias (:func:`lstm_activations`), its state update
-(:func:`lstm_update`), a whole layer over time with its backward pass written out
+(:func:`lstm_update`), GRUCell's and BasicRNNCell's (:func:`gru_update`, :func:`rnn_update`: the
+cells of ``--model gru`` and ``--model rnn``), a whole layer over time with its backward pass written out
 (:func:`lstm_layer`), the product whose gradient uses a pretransposed weight
 (:func:`matmul_pretransposed`) and the top-k/top-p filter on logits (:func:`filter_logits`).
 charrnn/model.py assembles the training, evaluation and sampling graphs from these; the default
@@ -28,6 +29,27 @@ def lstm_update(gates, cell):
     i, j, f, o = lstm_activations(gates)
     cell = f * cell + i * j
     return cell, o * tf.tanh(cell)
+
+
+def gru_update(inputs, hidden, recurrent_gates, recurrent_candidate, gates_bias, candidate_bias):
+    """GRUCell's state update, the new hidden (B, H): ``inputs`` (B, 3H) are the input's products
+    with the input rows of the gates kernel (2H columns: reset r, update u) and of the candidate
+    kernel (H columns), without biases; ``recurrent_gates`` (H, 2H) and ``recurrent_candidate``
+    (H, H) are those kernels' recurrent rows. GRUCell multiplies [x, h] by the whole kernels;
+    the split lets the sampler take the input part as a row of a table."""
+    tf, _ = load()
+    H = hidden.shape[-1]
+    input_gates, input_candidate = inputs[:, :2 * H], inputs[:, 2 * H:]  # (B, 2H), (B, H)
+    reset, update = tf.split(tf.sigmoid(input_gates + tf.matmul(hidden, recurrent_gates) + gates_bias), 2, axis=1)
+    candidate = tf.tanh(input_candidate + tf.matmul(reset * hidden, recurrent_candidate) + candidate_bias)
+    return update * hidden + (1.0 - update) * candidate
+
+
+def rnn_update(inputs, hidden, recurrent, bias):
+    """BasicRNNCell's state update, the new hidden (B, H): tanh(``inputs`` (B, H), the input's
+    product with the kernel's input rows, + hidden @ ``recurrent`` (H, H) + bias)."""
+    tf, _ = load()
+    return tf.tanh(inputs + tf.matmul(hidden, recurrent) + bias)
 
 
 def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):

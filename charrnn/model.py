@@ -1,4 +1,5 @@
 """The model's graphs: embedding -> stacked LSTM -> dense -> softmax, one class per job.
+(``--model gru`` and ``rnn`` stack GRUCells or BasicRNNCells instead, in the same graphs.)
 
 ``ModelWeights`` creates every weight, under the variable scope "model" with the names LSTMCell
 gives them, and ``CarriedState`` the state carried from batch to batch. Each job is its own class
@@ -14,7 +15,7 @@ EvalGraph and SampleGraph of any batch size. The LSTM math is in charrnn/lstm.py
 """
 import contextlib
 
-from charrnn.lstm import filter_logits, lstm_layer, lstm_update, matmul_pretransposed
+from charrnn.lstm import filter_logits, gru_update, lstm_layer, lstm_update, matmul_pretransposed, rnn_update
 from charrnn.tfcompat import load
 
 MAX_CHUNK = 4096  # most characters one sampling session.run generates
@@ -74,7 +75,44 @@ class ModelWeights:
 
     def _kernel_initializer(self, layer):
         _, tf1 = load()
-        return tf1.glorot_uniform_initializer(seed=10 + layer)
+        if self.config.model != "gru":
+            return tf1.glorot_uniform_initializer(seed=10 + layer)
+        # GRUCell takes one initializer for both its kernels: tell them apart by their width
+        # (gates 2H, candidate H), so they get different seeds, not the same random stream.
+        gates, candidate = (tf1.glorot_uniform_initializer(seed=seed) for seed in (10 + layer, (1 << 20) + layer))
+        H = self.config.hidden_size
+
+        def initializer(shape, dtype=None, partition_info=None):
+            return (gates if shape[-1] == 2 * H else candidate)(shape, dtype=dtype, partition_info=partition_info)
+
+        return initializer
+
+    def cell_variables(self):
+        """Each layer's variables in the order its cell creates them (made or reused):
+        lstm (kernel (2H, 4H), bias (4H,)); gru (gates kernel (2H, 2H), gates bias (2H,),
+        candidate kernel (2H, H), candidate bias (H,)); rnn (kernel (2H, H), bias (H,)).
+        Kernels are [input; recurrent] rows, as the cells multiply [x, h] by them."""
+        if self.config.model == "lstm":
+            return self._lstm_variables()
+        if self._lstm is None:
+            _, tf1 = load()
+            H, self._lstm = self.config.hidden_size, []
+            zeros, ones = tf1.zeros_initializer(), tf1.constant_initializer(1.0)
+            with _scope():
+                for layer in range(self.config.num_layers):
+                    kernel = self._kernel_initializer(layer)
+                    if self.config.model == "gru":
+                        with tf1.variable_scope(f"rnn/multi_rnn_cell/cell_{layer}/gru_cell"):
+                            self._lstm.append((
+                                tf1.get_variable("gates/kernel", [2 * H, 2 * H], initializer=kernel),
+                                tf1.get_variable("gates/bias", [2 * H], initializer=ones),  # GRUCell's
+                                tf1.get_variable("candidate/kernel", [2 * H, H], initializer=kernel),
+                                tf1.get_variable("candidate/bias", [H], initializer=zeros)))
+                    else:
+                        with tf1.variable_scope(f"rnn/multi_rnn_cell/cell_{layer}/basic_rnn_cell"):
+                            self._lstm.append((tf1.get_variable("kernel", [2 * H, H], initializer=kernel),
+                                               tf1.get_variable("bias", [H], initializer=zeros)))
+        return self._lstm
 
     def _lstm_variables(self):
         """[(kernel (2H, 4H): [input; recurrent], bias (4H,)) per layer], made or reused."""
@@ -102,10 +140,28 @@ class ModelWeights:
         """Every weight, in the order TensorFlow's collection lists them (the gradient clipping's
         sum runs in this order)."""
         return [self.embedding, self.softmax_w, self.softmax_b] + [
-            v for pair in zip(self.kernels, self.biases) for v in pair]
+            v for layer in self.cell_variables() for v in layer]
 
     def input_kernel(self, layer):
-        return self.kernels[layer][:self.config.hidden_size]  # (H, 4H)
+        """The rows of the layer's kernel(s) that multiply its input: (H, 4H) for lstm, (H, 3H)
+        for gru (gates, then candidate), (H, H) for rnn."""
+        tf, _ = load()
+        H = self.config.hidden_size
+        if self.config.model == "gru":
+            gates_kernel, _, candidate_kernel, _ = self.cell_variables()[layer]
+            return tf.concat([gates_kernel[:H], candidate_kernel[:H]], 1)
+        return self.cell_variables()[layer][0][:H]
+
+    def recurrent_update(self, layer):
+        """(update, parts) of a gru or rnn layer: ``update(inputs, hidden, *parts)`` is the new
+        hidden state from the input's product with :meth:`input_kernel` (B, 3H or H), as
+        charrnn.lstm.gru_update / rnn_update compute it on the cell's own variables."""
+        H = self.config.hidden_size
+        if self.config.model == "gru":
+            gates_kernel, gates_bias, candidate_kernel, candidate_bias = self.cell_variables()[layer]
+            return gru_update, (gates_kernel[H:], candidate_kernel[H:], gates_bias, candidate_bias)
+        kernel, bias = self.cell_variables()[layer]
+        return rnn_update, (kernel[H:], bias)
 
     def recurrent_kernel(self, layer):
         return self.kernels[layer][self.config.hidden_size:]  # (H, 4H)
@@ -114,8 +170,16 @@ class ModelWeights:
         """A MultiRNNCell of LSTMCells over these weights; with ``dropout``, each layer's output
         is multiplied by a mask that arrives beside the input (see _masked_cell_class)."""
         _, tf1 = load()
-        cells = [tf1.nn.rnn_cell.LSTMCell(self.config.hidden_size, initializer=self._kernel_initializer(layer))
-                 for layer in range(self.config.num_layers)]
+        H, model = self.config.hidden_size, self.config.model
+        if model == "lstm":
+            cells = [tf1.nn.rnn_cell.LSTMCell(H, initializer=self._kernel_initializer(layer))
+                     for layer in range(self.config.num_layers)]
+        elif model == "gru":
+            cells = [tf1.nn.rnn_cell.GRUCell(H, kernel_initializer=self._kernel_initializer(layer))
+                     for layer in range(self.config.num_layers)]
+        else:
+            seeded = _seeded_rnn_cell_class()
+            cells = [seeded(H, self._kernel_initializer(layer)) for layer in range(self.config.num_layers)]
         if dropout:
             masked = _masked_cell_class()
             cells = [masked(cell, layer, len(cells)) for layer, cell in enumerate(cells)]
@@ -133,30 +197,36 @@ class ModelWeights:
 
 
 class CarriedState:
-    """The LSTM state carried from one batch to the next: (c, h) of each layer, (B, H) each, in
-    variables, so no step feeds or fetches it. ``saved`` puts them among the global variables (the
-    training state goes into checkpoints, so a resumed run continues it); else they are local."""
+    """The recurrent state carried from one batch to the next, (B, H) tensors in variables, so no
+    step feeds or fetches it: (c, h) of each layer for lstm, h alone for gru and rnn. ``saved``
+    puts them among the global variables (the training state goes into checkpoints, so a resumed
+    run continues it); else they are local."""
 
     def __init__(self, name, config, batch_size, saved):
         tf, tf1 = load()
         collections = [tf1.GraphKeys.GLOBAL_VARIABLES if saved else tf1.GraphKeys.LOCAL_VARIABLES]
+        self.lstm = config.model == "lstm"
         with _scope():
             self.variables = [
                 tuple(tf1.get_variable(f"{name}/layer_{layer}/{part}", [batch_size, config.hidden_size],
                                        initializer=tf1.zeros_initializer(), trainable=False,
                                        collections=collections)
-                      for part in ("c", "h"))
+                      for part in (("c", "h") if self.lstm else ("h",)))
                 for layer in range(config.num_layers)]
         self.reset_op = tf.group(*[v.assign(tf.zeros_like(v)) for pair in self.variables for v in pair],
                                  name=f"reset_{name}")
 
     def read(self):
+        """The state as the cells take it: one LSTMStateTuple per layer, or one tensor per layer."""
         _, tf1 = load()
+        if not self.lstm:
+            return tuple(h.read_value() for h, in self.variables)
         return tuple(tf1.nn.rnn_cell.LSTMStateTuple(c.read_value(), h.read_value()) for c, h in self.variables)
 
     def assign(self, final_state):
-        """Ops that store ``final_state`` (one LSTMStateTuple per layer) for the next batch."""
-        return [v.assign(t) for pair, s in zip(self.variables, final_state) for v, t in zip(pair, (s.c, s.h))]
+        """Ops that store ``final_state`` (as :meth:`read` gives it) for the next batch."""
+        tf, _ = load()
+        return [v.assign(t) for pair, s in zip(self.variables, final_state) for v, t in zip(pair, tf.nest.flatten(s))]
 
 
 def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None, transposed=None):
@@ -223,6 +293,25 @@ def _transposed_kernels(weights):
     layers = range(len(weights.kernels))
     return {"recurrent": [tf.transpose(weights.recurrent_kernel(layer)) for layer in layers],
             "input": [tf.transpose(weights.input_kernel(layer)) for layer in layers[1:]]}
+
+
+def _seeded_rnn_cell_class():
+    """BasicRNNCell with a kernel initializer (the class takes none; its default's seed would
+    depend on the order the graph is built in), under BasicRNNCell's own variable names."""
+    _, tf1 = load()
+
+    class SeededRNNCell(tf1.nn.rnn_cell.BasicRNNCell):
+        def __init__(self, num_units, kernel_initializer):
+            super().__init__(num_units, name="basic_rnn_cell")
+            self._kernel_initializer = kernel_initializer
+
+        def build(self, inputs_shape):
+            depth, H = int(inputs_shape[-1]), self._num_units
+            self._kernel = self.add_variable("kernel", shape=[depth + H, H], initializer=self._kernel_initializer)
+            self._bias = self.add_variable("bias", shape=[H], initializer=tf1.zeros_initializer())
+            self.built = True
+
+    return SeededRNNCell
 
 
 def _masked_cell_class():
@@ -294,9 +383,20 @@ class TrainGraph:
                 loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
                 params = weights.trainable
                 clipped, grad_norm = tf.clip_by_global_norm(tf.gradients(loss, params), c.grad_clip)
-                apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
-                    zip(clipped, params), global_step=self.global_step)
-                return loss, grad_norm, self.state.assign(final_state) + [apply]
+                if not c.weight_decay:
+                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
+                        zip(clipped, params), global_step=self.global_step)
+                    return loss, grad_norm, self.state.assign(final_state) + [apply]
+                # AdamW: w -= lr * weight_decay * w, decoupled from Adam's moments (so not a
+                # gradient term), on the weights before this step's update; matrices only.
+                matrices = [p for p in params if p.shape.ndims == 2]
+                shrink = [self.lr * c.weight_decay * p.read_value() for p in matrices]
+                with tf.control_dependencies(shrink):
+                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
+                        zip(clipped, params), global_step=self.global_step)
+                with tf.control_dependencies([apply]):
+                    decay = tf.group(*[p.assign_sub(d) for p, d in zip(matrices, shrink)])
+                return loss, grad_norm, self.state.assign(final_state) + [decay]
 
             feeds = [self.inputs, self.targets, loss_weights, masks, transposed]  # nested: XLA keeps the structure
             if c.xla:
@@ -324,15 +424,19 @@ class TrainGraph:
         """[input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep.
 
         One seed per step, derived from (seed, global_step): stateless, so exact on resume.
+        With ``variational_dropout`` each row draws one mask per step and repeats it over time.
         """
         tf, _ = load()
         c = config
         B, T, H, L = c.batch_size, c.seq_length, c.hidden_size, c.num_layers
+        drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
         keep = 1.0 - c.dropout
         step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
-        input_mask = tf.cast(tf.random.stateless_uniform([B, T, H], step_seed) < keep, tf.float32) / keep
+        input_mask = tf.cast(tf.random.stateless_uniform([B, drawn, H], step_seed) < keep, tf.float32) / keep
         out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
-        masks = tf.cast(tf.random.stateless_uniform([B, T, L, H], out_seed) < keep, tf.float32) / keep
+        masks = tf.cast(tf.random.stateless_uniform([B, drawn, L, H], out_seed) < keep, tf.float32) / keep
+        if c.variational_dropout:
+            input_mask, masks = tf.tile(input_mask, [1, T, 1]), tf.tile(masks, [1, T, 1, 1])
         return [input_mask, masks]
 
 
@@ -432,10 +536,18 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
     executor. SampleGraph builds it on placeholders; the exported SavedModel in a loop over
     chunks, so both give the same text."""
     tf, tf1 = load()
-    # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
-    # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
-    recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
     V, H = weights.config.vocab_size, weights.config.hidden_size
+    if weights.config.model == "lstm":
+        # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
+        # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
+        recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
+    else:
+        # gru and rnn: every layer's pieces are split outside the loop, for the same reason:
+        # (update function, input kernel of layers above the first, recurrent parts) per layer.
+        recurrent0 = [(update, None if layer == 0 else tf.identity(weights.input_kernel(layer)),
+                       [tf.identity(part) for part in parts])
+                      for layer, (update, parts) in enumerate(map(weights.recurrent_update,
+                                                                  range(weights.config.num_layers)))]
     if V * 4 * H <= TABLE_FLOATS:
         table = weights.input_table()  # (V, 4H)
 
@@ -496,7 +608,8 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     LSTMCell's math on its own variables, with the first layer's input pre-activations from
     ``input_gates(ids)`` (a row of embedding @ W_x, except for huge vocabularies) and its
     recurrent kernel ``recurrent0``: at batch 1 each character is bound by reading the weights,
-    so the row saves a quarter of the bytes per character.
+    so the row saves a quarter of the bytes per character. For gru and rnn, ``recurrent0`` holds
+    every layer's (update, input kernel, recurrent parts) (see ModelWeights.recurrent_update).
     """
     tf, tf1 = load()
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
@@ -504,13 +617,18 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
 
     def body(i, x, state, generated):
         new_state = []
-        for layer, (c, h) in enumerate(state):
-            if layer > 0:
-                gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
-            else:
-                gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
-            c, x = lstm_update(gates, c)
-            new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
+        if weights.config.model == "lstm":
+            for layer, (c, h) in enumerate(state):
+                if layer > 0:
+                    gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
+                else:
+                    gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
+                c, x = lstm_update(gates, c)
+                new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
+        else:
+            for layer, (h, (update, input_kernel, parts)) in enumerate(zip(state, recurrent0)):
+                x = update(x if layer == 0 else tf.matmul(x, input_kernel), h, *parts)  # (1, H)
+                new_state.append(x)
         logits = weights.project(x) * inverse_temperature  # (1, V)
         if filtered:
             logits = filter_logits(logits, top_k, top_p)

@@ -79,6 +79,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     source, imposed = None, None
     if init_from:
         source, config = _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
+        config.validate()  # the source's cell may not suit the flags' graph (gru with layerwise)
         imposed = saved_vocab if resume else source.vocab
     elif resume and saved.init_from:
         imposed = saved_vocab  # a fine-tuned run keeps its source's characters, used or not
@@ -135,6 +136,12 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
 
     train_ids, val_ids = split_ids(corpus.ids, config.val_frac)
     train = TextLoader(train_ids, config.batch_size, config.seq_length)
+    if config.decay_schedule != "epoch" and config.decay_steps == 0:
+        # The budget is fixed once, when the schedule starts, and saved: a resume (even with
+        # another --num_epochs) keeps the same learning rate at every step.
+        config = dataclasses.replace(config, decay_steps=config.num_epochs * train.num_batches)
+        notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
+                     f"(--num_epochs {config.num_epochs} x {train.num_batches} batches)")
     val = None
     if val_ids is None:
         notes.append("validation: off (--val_frac 0)")
@@ -166,7 +173,7 @@ def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
                               f"replace it with one fine-tuned from {init_from}, or choose another --save_dir")
         return None, config
     source = RunDir(init_from).open_model(init_checkpoint, log)
-    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers")}
+    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers", "model")}
     differences = [f"--{name} {getattr(config, name)} (the source model's is {value})"
                    for name, value in shape.items() if name in explicit and getattr(config, name) != value]
     if differences:
@@ -336,10 +343,10 @@ class Trainer:
         the run resumes, run the update, refuse a non-finite result; return (loss, grad norm)."""
         model = self.model
         epoch, k = self.loader.position(self.step)
-        if k == 0 or self.step == self.first_step:
-            if k == 0:
-                self.session.run(model.reset_state_op)
-            model.assign_lr(self.session, self.learning_rate(epoch))
+        if k == 0:
+            self.session.run(model.reset_state_op)
+        if k == 0 or self.step == self.first_step or self.config.decay_schedule != "epoch":
+            model.assign_lr(self.session, self.learning_rate(self.step))
         x, y = self.loader.batch(k)
         _, loss, norm = self.session.run([model.train_op, model.loss, model.grad_norm],
                                          {model.inputs: x, model.targets: y})
@@ -351,9 +358,9 @@ class Trainer:
         self.step += 1
         return float(loss), float(norm)
 
-    def learning_rate(self, epoch):
-        """Decayed once per epoch: the learning rate is a function of the step, so resume is exact."""
-        return self.config.learning_rate * self.config.decay_rate ** epoch
+    def learning_rate(self, step):
+        """The learning rate of update ``step`` (see :func:`learning_rate_at`)."""
+        return learning_rate_at(self.config, self.loader.num_batches, step)
 
     def validate(self):
         """Loss over every validation character, summaries, a sample, and the best checkpoint."""
@@ -446,6 +453,29 @@ class Trainer:
                        generate_ids(self.session, self.sample_model, prime, n, seed=self.step))
 
 
+def learning_rate_at(config, batches_per_epoch, step):
+    """The learning rate of update ``step`` (the global step before it): a function of the step
+    and the saved config only, so a resumed run continues the schedule exactly.
+
+    'epoch': --learning_rate x --decay_rate ** epoch, as in 0.1.0. 'cosine' and 'linear': a linear
+    warm-up to --learning_rate over --warmup_steps, then down to --final_lr_frac x --learning_rate
+    at --decay_steps (and there after), so a run whose budget is known ends with a small learning
+    rate instead of being cut off at a high one.
+    """
+    c = config
+    if c.decay_schedule == "epoch":
+        return c.learning_rate * c.decay_rate ** (step // batches_per_epoch)
+    if step < c.warmup_steps:
+        return c.learning_rate * (step + 1) / c.warmup_steps
+    progress = min(1.0, (step - c.warmup_steps) / max(1, c.decay_steps - c.warmup_steps))
+    if c.decay_schedule == "cosine":
+        remaining = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        remaining = 1.0 - progress
+    final = c.final_lr_frac * c.learning_rate
+    return final + (c.learning_rate - final) * remaining
+
+
 class _Progress:
     """The progress line and training summaries every ``print_every`` steps: mean loss and
     gradient norm since the last line, and speed over the time spent in training steps only."""
@@ -467,7 +497,7 @@ class _Progress:
         ms_per_step = 1000 * self.seconds / len(self.losses)
         chars_per_sec = len(self.losses) * c.batch_size * c.seq_length / self.seconds
         eta = (total - step) * (time.time() - t.started) / steps_this_run  # wall clock, incl. evals
-        lr, loss = t.learning_rate(epoch), np.mean(self.losses)
+        lr, loss = t.learning_rate(step - 1), np.mean(self.losses)
         print(f"step {step}/{total}  epoch {epoch + 1}/{c.num_epochs}  loss {loss:.4f}  lr {lr:.2e}  "
               f"{ms_per_step:.1f} ms/step  {chars_per_sec:,.0f} chars/s  ETA {_duration(eta)}", flush=True)
         t.summaries.scalars(t.summaries.train, step, loss=loss, learning_rate=lr,

@@ -145,5 +145,8 @@ def test_the_0_1_0_fixture_config_loads_to_the_same_values():
     # Fields added after 0.1.0 take their defaults, which change nothing about the run.
     added = {k: v for k, v in values.items() if k not in raw}
     assert added == {"bad_text": "refuse", "min_char_count": 0, "max_val_chars": 0, "init_from": "",
-                     "added_chars": ""}
+                     "added_chars": "",
+                     # the per-epoch decay of 0.1.0; the others only matter to cosine and linear
+                     "decay_schedule": "epoch", "decay_steps": 0, "warmup_steps": 100, "final_lr_frac": 0.0,
+                     "model": "lstm", "variational_dropout": False, "weight_decay": 0.0}
     assert all(type(getattr(config, f.name)) is f.type for f in dataclasses.fields(Config))

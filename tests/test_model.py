@@ -234,3 +234,47 @@ def test_default_graph_reads_the_lstm_weights_once_not_in_every_loop_iteration(x
         EvalGraph(tiny_config(num_layers=2))  # built after: the variables exist by then
     loops = [op.type for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
     assert loops and "While" not in loops[:2], loops  # TrainGraph's forward and backward loops
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational):
+    tf, tf1 = load()
+    config = tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5, variational_dropout=variational)
+    graph = tf.Graph()
+    with graph.as_default():
+        model = TrainGraph(config)
+        masks = model._dropout_masks(config)
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as session:
+        session.run(init)
+        input_mask, output_masks = session.run(masks)  # (B, T, H), (B, T, layers, H)
+    assert input_mask.shape == (4, 6, 16) and output_masks.shape == (4, 6, 2, 16)
+    assert set(np.unique(input_mask)) == {0.0, 2.0}  # dropped, or kept and scaled by 1/keep
+    for mask in (input_mask, output_masks):
+        same_over_time = all(np.array_equal(mask[:, t], mask[:, 0]) for t in range(6))
+        assert same_over_time == variational
+        assert not np.array_equal(mask[0], mask[1])  # rows draw their own masks
+
+
+@pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True}])
+def test_weight_decay_shrinks_the_matrices_apart_from_adams_step(write_data, tmp_path, graph):
+    """One step with --weight_decay d ends where plain Adam's step ends, minus lr x d x the
+    weights before it, for every matrix; biases get Adam's step alone."""
+    tf, _ = load()
+    run = trainer.prepare(tiny_config(**graph), write_data("abcdefgh abcdefgh " * 10), str(tmp_path / "s"))
+    x, y = run.train.batch(0)
+    after = {}
+    for decay in (0.0, 0.5):
+        config = tiny_config(vocab_size=run.config.vocab_size, weight_decay=decay, **graph)
+        session, model = _session(config, TrainGraph)
+        variables = {v.name: v for v in session.graph.get_collection("trainable_variables")}
+        before = session.run(variables)
+        session.run(model.train_op, {model.inputs: x, model.targets: y})
+        after[decay] = session.run(variables)
+        session.close()
+    lr = tiny_config().learning_rate
+    assert len(before) == 5
+    for name, value in before.items():
+        shrink = lr * 0.5 * value if value.ndim == 2 else 0.0
+        np.testing.assert_allclose(after[0.5][name], after[0.0][name] - shrink, rtol=1e-5, atol=1e-7,
+                                   err_msg=name)

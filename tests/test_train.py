@@ -1,6 +1,7 @@
 """The training loop: resume, refusals, TensorBoard output, checkpoints."""
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -47,16 +48,57 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
     assert last.status == "complete" and last.step == 3 * batches
 
 
-@pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3}])
+@pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3},
+                                   {"decay_schedule": "cosine", "warmup_steps": 3},
+                                   {"dropout": 0.3, "variational_dropout": True, "weight_decay": 0.1}])
 def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path, graph):
     """With a seed, stopping and resuming changes nothing (same weights): for the default graph,
-    and for layerwise under XLA with dropout, whose backward pass is written out."""
+    for layerwise under XLA with dropout, whose backward pass is written out, and for a cosine
+    schedule, whose learning rate changes at every step."""
     data = write_data(TEXT)
     config = tiny_config(num_epochs=2, **graph)
     _train(config, data, str(tmp_path / "a"), str(tmp_path / "la"))
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"), max_steps=7)
     _train(config, data, str(tmp_path / "b"), str(tmp_path / "lb"))
     assert_identical(checkpoint_tensors(str(tmp_path / "a")), checkpoint_tensors(str(tmp_path / "b")))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_budgeted_schedules_warm_up_then_decay_to_the_end_of_the_budget(schedule):
+    config = tiny_config(decay_schedule=schedule, learning_rate=1.0, warmup_steps=10, decay_steps=110,
+                         final_lr_frac=0.1)
+    rate = lambda step: trainer.learning_rate_at(config, 7, step)  # noqa: E731
+    assert [rate(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # linear warm-up
+    assert rate(10) == pytest.approx(1.0)  # the peak, then down
+    assert rate(60) == pytest.approx(0.55)  # half way, cosine and linear alike
+    quarter = 0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi / 4)) if schedule == "cosine" else 0.75)
+    assert rate(35) == pytest.approx(quarter)
+    assert rate(110) == pytest.approx(0.1) and rate(500) == pytest.approx(0.1)  # the end, kept
+    rates = [rate(s) for s in range(10, 111)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_the_epoch_schedule_is_0_1_0s_per_epoch_decay():
+    config = tiny_config(decay_rate=0.5, learning_rate=1.0, warmup_steps=10)  # 'epoch' has no warm-up
+    assert [trainer.learning_rate_at(config, 7, s) for s in (0, 6, 7, 20, 21)] == [1, 1, 0.5, 0.25, 0.125]
+
+
+def test_the_budget_is_fixed_in_config_json_when_the_run_starts(write_data, tmp_path):
+    """decay_steps 0 becomes --num_epochs x batches once; a resume with more epochs keeps the
+    saved budget (the learning rate at every step stays what it was), and the run writes the
+    scheduled rate into the checkpoint."""
+    data = write_data(TEXT)
+    save, logs = str(tmp_path / "save"), str(tmp_path / "logs")
+    config = tiny_config(num_epochs=2, decay_schedule="linear", warmup_steps=2)
+    run, result = _train(config, data, save, logs, max_steps=5)
+    budget = 2 * run.train.num_batches
+    assert run.config.decay_steps == budget
+    assert RunDir(save).read_config().decay_steps == budget
+    assert checkpoint_tensors(save)["model/learning_rate"] == pytest.approx(
+        trainer.learning_rate_at(run.config, run.train.num_batches, 4))
+    more = tiny_config(num_epochs=4, decay_schedule="linear", warmup_steps=2)
+    run2 = trainer.prepare(more, data, save, explicit=("num_epochs",))
+    assert run2.resume and run2.config.decay_steps == budget and run2.config.num_epochs == 4
 
 
 def test_incompatible_resume_is_refused_naming_each_value_and_nothing_changes(write_data, tmp_path):
@@ -155,3 +197,14 @@ def test_xla_needs_a_clear_lead_and_ties_go_to_the_plain_graph():
     assert not prefer_xla(plain_seconds=0.20, xla_seconds=0.30)
     assert not prefer_xla(plain_seconds=0.20, xla_seconds=0.20)
     assert not prefer_xla(plain_seconds=0.20 * MARGIN * 0.99, xla_seconds=0.20)
+
+
+def test_a_time_budget_becomes_a_step_total_that_grows_with_the_time(write_data, tmp_path):
+    from charrnn.autotune import steps_in_minutes
+
+    data = write_data(TEXT * 4)
+    run = trainer.prepare(tiny_config(val_frac=0.2), data, str(tmp_path / "save"))
+    short, seconds = steps_in_minutes(run.config, run.train, run.val, 0.1)
+    longer, _ = steps_in_minutes(run.config, run.train, run.val, 0.3)
+    assert 0 < seconds < 6 and 1 < short < longer
+    assert not os.path.exists(tmp_path / "save")  # throwaway graphs: nothing of the run is written
