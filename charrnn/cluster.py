@@ -274,9 +274,11 @@ def serve_ps(cluster, log):
     graph.finalize()
     log(f"{cluster.name}: serving until all {cluster.num_workers} worker(s) are done")
     with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
-        for done in range(1, cluster.num_workers + 1):
-            worker = session.run(take)
-            log(f"{cluster.name}: worker {worker} is done ({done}/{cluster.num_workers})")
+        done = set()  # a worker restarted after it said so says it again
+        while len(done) < cluster.num_workers:
+            worker = int(session.run(take))
+            done.add(worker)
+            log(f"{cluster.name}: worker {worker} is done ({len(done)}/{cluster.num_workers})")
     log(f"{cluster.name}: every worker is done; exiting")
 
 

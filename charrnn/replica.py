@@ -107,10 +107,18 @@ class ReplicaTrainGraph:
             carried = self.state.assign(final_state) + [
                 snap[rows].assign(value) for pair, s in zip(self.snapshot.variables, final_state)
                 for snap, value in zip(pair, (s.c, s.h))]
+            # The last step each worker's gradient went in for, so that a restarted worker knows
+            # whether the step in progress still needs its gradient. Not in any collection (never
+            # saved): the chief sets them when it starts, after any restore.
+            with tf1.device(cluster.ps_devices[0]):
+                self.pushed = [tf1.get_variable(f"pushed_step_{w}", [], tf.int64, trainable=False, collections=[],
+                                                initializer=tf1.constant_initializer(-1)) for w in range(W)]
             with tf.control_dependencies(carried):  # the snapshot is written before the chief can go on
                 pushes = [acc.apply_grad(g, local_step=self.step) for acc, g in zip(accumulators, grads)]
                 pushes.append(loss_accumulator.apply_grad(loss, local_step=self.step))
-            self.push = tf.group(*pushes, name="push")
+            with tf.control_dependencies(pushes):
+                self.push = tf.group(self.pushed[index].assign(self.step), name="push")
+            self.ready = tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed)
             self.push_loss = loss
             self.load_state = tf.group(*[v.assign(snap[rows]) for pair, snap_pair in
                                          zip(self.state.variables, self.snapshot.variables)
@@ -127,6 +135,7 @@ class ReplicaTrainGraph:
                 self.token = tokens[index].dequeue()
                 return
             self.next_step = tf1.placeholder(tf.int64, [], "next_step")
+            self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed])
             self.enqueue_tokens = tf.group(*[q.enqueue(self.next_step) for q in tokens.values()])
             self.stop_workers = tf.group(*[q.enqueue(tf.constant(STOP, tf.int64)) for q in tokens.values()])
             mean_grads = [acc.take_grad(W) for acc in accumulators]
@@ -181,6 +190,8 @@ class ChiefTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # No worker has given a gradient for this step yet; the others wait for this (see _work).
+        self.session.run(self.model.reset_records, {self.model.next_step: self.step})
         self.share = _Share(self.session, self.model, self.loader, "worker 0 (chief)")
 
     def train_step(self):
@@ -257,12 +268,11 @@ def _work(run, cluster, server, timeout):
     with graph.as_default(), tf1.device(cluster.device):
         tf1.set_random_seed(c.seed)
         model = ReplicaTrainGraph(c, cluster)
-        ready = tf1.report_uninitialized_variables(tf1.global_variables())
         init_local = tf1.local_variables_initializer()
     graph.finalize()
     log(f"{cluster.name}: waiting for the chief (worker 0 at {cluster.workers[0]}) to initialize or "
         "restore the variables")
-    manager = tf1.train.SessionManager(local_init_op=init_local, ready_op=ready, graph=graph,
+    manager = tf1.train.SessionManager(local_init_op=init_local, ready_op=model.ready, graph=graph,
                                        recovery_wait_secs=0.5)
     session = manager.wait_for_session(server.target, config=cluster.session_config(), max_wait_secs=timeout)
     if session is None:
@@ -272,13 +282,27 @@ def _work(run, cluster, server, timeout):
     total = c.num_epochs * loader.num_batches
     losses, computing, waiting, steps = [], 0.0, 0.0, 0
     try:
+        # The step in progress may lack this worker's gradient without a token waiting for it: at
+        # the start, or after a restart whose previous process took the token and died. Then it is
+        # computed at once; a token for a step already given is passed over.
+        current, last = (int(v) for v in session.run([model.global_step, model.pushed[cluster.index]]))
+        if last < current < total:
+            if last >= 0 or current > 0:
+                log(f"{cluster.name}: joining the run at step {current + 1}")
+            handed = time.perf_counter()
+            losses.append(share.run(current))
+            computing += time.perf_counter() - handed
+            last, steps = current, 1
         while True:
             started = time.perf_counter()
             step = int(session.run(model.token))
             if step == STOP or step >= total:
                 break
+            if step <= last:
+                continue
             handed = time.perf_counter()
             losses.append(share.run(step))
+            last = step
             computing += time.perf_counter() - handed
             waiting += handed - started
             steps += 1

@@ -2,7 +2,11 @@
 separate processes on loopback ports started the way a user starts one (--local_cluster)."""
 import json
 import re
+import shutil
+import signal
 import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +14,7 @@ import pytest
 from charrnn import cluster as clusters
 from charrnn import train as trainer
 from charrnn.errors import ConfigError
-from conftest import checkpoint_tensors, make_data_dir, run_cli, tiny_config
+from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, " * 6
 # Each worker's batch; a single process of twice this batch computes what two workers do.
@@ -111,7 +115,7 @@ def listening_sockets():
 
 
 def test_the_chiefs_save_dir_samples_evaluates_and_resumes_on_one_machine(two_workers, tmp_path):
-    tmp, data, result, save = two_workers
+    _, data, result, save = two_workers
     assert result.returncode == 0, result.stderr[-3000:]
     sampled = run_cli("charrnn-sample", "--save_dir", save, "--n", "20", "--prime", "It")
     assert sampled.returncode == 0, sampled.stderr
@@ -119,11 +123,98 @@ def test_the_chiefs_save_dir_samples_evaluates_and_resumes_on_one_machine(two_wo
     evaluated = run_cli("charrnn-eval", "--save_dir", save, "--text", f"{data}/t.txt", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["characters"] > 0
-    # A single process resumes it with all 8 streams and the carried state of each.
-    run = trainer.prepare(tiny_config(**{**PER_WORKER, "num_epochs": 2}), data, save, explicit=("num_epochs",))
+    # A single process resumes it (a copy: the other tests read it) with all 8 streams.
+    copy = str(tmp_path / "copy")
+    shutil.copytree(save, copy)
+    run = trainer.prepare(tiny_config(**{**PER_WORKER, "num_epochs": 2}), data, copy, explicit=("num_epochs",))
     assert run.resume and run.config.batch_size == 8
-    outcome = trainer.train(run, save, str(tmp / "resume-logs"), max_steps=1)
+    outcome = trainer.train(run, copy, str(tmp_path / "resume-logs"), max_steps=1)
     assert outcome.step == run.train.num_batches + 1
+
+
+def test_a_cluster_stopped_and_started_again_ends_as_if_never_stopped(two_workers):
+    """Every task stops at --max_steps (the chief's checkpoint); the same command again resumes
+    at that global step, each worker at its data position with its streams' carried state, and
+    ends bit-identical to the uninterrupted run."""
+    tmp_path, data, uninterrupted, reference = two_workers
+    first, save, _ = local_cluster(tmp_path, data, "resumed", "--max_steps=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[worker0] max_steps: step 3/8" in first.stderr
+    assert "[worker1] worker 1: stopped by the chief" in first.stderr
+    second, save, _ = local_cluster(tmp_path, data, "resumed")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training: 8 batches/epoch, 1 epochs, 8 steps; starting at step 3" in second.stderr
+    assert "carried state of its 4 streams continues from the checkpoint (step 3)" in second.stderr
+    assert_identical(checkpoint_tensors(save), checkpoint_tensors(reference))
+
+
+class Tasks:
+    """Cluster tasks started one by one as separate processes (output to files), all killed
+    and reaped when the test ends, whatever happened."""
+
+    def __init__(self, tmp_path, args, num_workers=2):
+        ports = clusters.free_ports(1 + num_workers)
+        self.hosts = [f"--ps_hosts=127.0.0.1:{ports[0]}",
+                      "--worker_hosts=" + ",".join(f"127.0.0.1:{p}" for p in ports[1:])]
+        self.tmp_path, self.args, self.procs = tmp_path, args, []
+
+    def start(self, job, index):
+        log = self.tmp_path / f"{job}{index}-{len(self.procs)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([command("charrnn-train"), *self.args, *self.hosts, f"--job_name={job}",
+                                     f"--task_index={index}"], stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc, log
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def tasks(tmp_path):
+    started = []
+
+    def make(args):
+        started.append(Tasks(tmp_path, args))
+        return started[-1]
+
+    yield make
+    for t in started:
+        t.close()
+
+
+def wait_for_line(log, pattern, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} in {log} within {timeout} s:\n" + log.read_text()[-2000:])
+
+
+def test_a_killed_worker_started_again_lets_the_run_go_on(tmp_path, tasks):
+    data = make_data_dir(tmp_path, TEXT * 8)
+    args = [f"--data_dir={data}", f"--save_dir={tmp_path / 'save'}", f"--log_dir={tmp_path / 'logs'}",
+            *config_flags({**PER_WORKER, "num_epochs": 3, "print_every": 10})]
+    cluster = tasks(args)
+    ps, ps_log = cluster.start("ps", 0)
+    chief, chief_log = cluster.start("worker", 0)
+    worker, worker_log = cluster.start("worker", 1)
+    wait_for_line(worker_log, r"worker 1: step 20/", worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again, again_log = cluster.start("worker", 1)
+    for proc in (again, chief, ps):
+        assert proc.wait(timeout=180) == 0, (again_log.read_text() + chief_log.read_text())[-4000:]
+    total = int(re.search(r"training: \d+ batches/epoch, 3 epochs, (\d+) steps", chief_log.read_text())[1])
+    assert f"complete: step {total}/{total}" in chief_log.read_text()
+    assert re.search(r"worker 1: joining the run at step \d+", again_log.read_text())
+    assert f"worker 1: step {total}/{total}" in again_log.read_text()
+    assert "every worker is done" in ps_log.read_text()
 
 
 def test_a_failing_task_stops_the_whole_local_cluster(tmp_path):
