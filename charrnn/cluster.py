@@ -332,6 +332,30 @@ class _Stop:
             signal.signal(s, handler)
 
 
+def private_network():
+    """Move this process (and the tasks it will start) into a network namespace of its own with
+    only a loopback interface, so the local cluster's ports are reachable from no other process
+    or machine. Returns None if done, else why not (Linux, and the right to create a namespace:
+    root, or a kernel allowing unprivileged user namespaces, are needed)."""
+    import ctypes
+    import fcntl
+    import struct
+
+    clone_newnet, siocgifflags, siocsifflags, iff_up = 0x40000000, 0x8913, 0x8914, 0x1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(clone_newnet) != 0:
+            return os.strerror(ctypes.get_errno())
+    except (OSError, AttributeError) as e:
+        return str(e)
+    # The new namespace's loopback interface starts down: bring it up (ioctl, as `ip link` does).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+    return None
+
+
 def launch_local(num_ps, num_workers, command, log, grace=60.0):
     """Run a cluster of ``num_ps`` ps tasks and ``num_workers`` workers on this machine, each task
     ``command`` (an argv list) plus its cluster flags, on free loopback ports; stream each task's
@@ -341,6 +365,13 @@ def launch_local(num_ps, num_workers, command, log, grace=60.0):
     to stop; a task that fails stops the rest. Tasks still running ``grace`` seconds after a stop
     began are killed. 0 if every task exited 0.
     """
+    why_not = private_network()
+    if why_not is None:
+        log("local cluster: in a network namespace of its own (loopback only): no other process or "
+            "machine can reach its tasks' ports")
+    else:
+        log(f"local cluster: no network namespace of its own here ({why_not}): its tasks' ports are "
+            "open to this machine's network while it runs")
     ports = free_ports(num_ps + num_workers)
     ps = [f"127.0.0.1:{p}" for p in ports[:num_ps]]
     workers = [f"127.0.0.1:{p}" for p in ports[num_ps:]]

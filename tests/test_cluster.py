@@ -60,6 +60,9 @@ def test_a_local_cluster_trains_and_every_task_exits_0_with_its_port_freed(two_w
     assert "[worker1] worker 1: stopped by the chief" in err
     assert re.search(r"\[worker1\] worker 1: step \d+/\d+ +loss", err)  # its own progress lines
     assert "[worker0] saved " in err
+    # In a network namespace of its own where the platform allows one (root here; not everywhere).
+    assert ("local cluster: in a network namespace of its own" in err
+            or "local cluster: no network namespace of its own here" in err)
     for port in ports_of(err):
         clusters.check_port_free(port, "a finished task")  # raises if anything still holds it
 
@@ -313,3 +316,47 @@ def test_the_command_refuses_wrong_cluster_flags_in_one_line(tmp_path):
     bad = run_cli("charrnn-train", "--local_cluster=1,0")
     assert bad.returncode == 2 and "--local_cluster '1,0': give PS,WORKERS" in bad.stderr
     assert not (tmp_path / "save").exists()
+
+
+def test_the_kubernetes_example_is_one_cluster_behind_its_network_policy():
+    """examples/kubernetes: each pod's TF_CONFIG describes the same cluster, with this pod as its
+    task; every address is a Service selecting exactly that pod, on the port the pod opens and
+    the NetworkPolicy admits, only from the job's own pods."""
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "kubernetes", "charrnn-cluster.yaml")
+    with open(path) as f:
+        documents = list(yaml.safe_load_all(f))
+    by_kind = {}
+    for doc in documents:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    (policy,), services, pods = by_kind["NetworkPolicy"], by_kind["Service"], by_kind["Pod"]
+    job = policy["spec"]["podSelector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": job}}]  # only the job's own pods
+    admitted = {p["port"] for p in rule["ports"]}
+
+    described = {}
+    for pod in pods:
+        labels = pod["metadata"]["labels"]
+        assert job.items() <= labels.items()  # the policy covers every pod
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        cluster = clusters.describe(tf_config=env["TF_CONFIG"])
+        host, port = cluster.address.rsplit(":", 1)
+        assert {int(port)} == {p["containerPort"] for p in container["ports"]} <= admitted
+        (service,) = [s for s in services if s["metadata"]["name"] == host]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert [p for p in pods if service["spec"]["selector"].items() <= p["metadata"]["labels"].items()] == [pod]
+        described[pod["metadata"]["name"]] = cluster
+        if cluster.job == "worker":
+            assert container["command"][0] == "charrnn-train"
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            assert mounts["data"]["readOnly"]
+    first = next(iter(described.values()))
+    assert all((c.ps, c.workers) == (first.ps, first.workers) for c in described.values())
+    assert sorted((c.job, c.index) for c in described.values()) == [("ps", 0), ("worker", 0), ("worker", 1)]
+    assert described["charrnn-chief-0"].is_chief
