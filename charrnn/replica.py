@@ -118,7 +118,6 @@ class ReplicaTrainGraph:
                 pushes.append(loss_accumulator.apply_grad(loss, local_step=self.step))
             with tf.control_dependencies(pushes):
                 self.push = tf.group(self.pushed[index].assign(self.step), name="push")
-            self.ready = tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed)
             self.push_loss = loss
             self.load_state = tf.group(*[v.assign(snap[rows]) for pair, snap_pair in
                                          zip(self.state.variables, self.snapshot.variables)
@@ -133,14 +132,22 @@ class ReplicaTrainGraph:
             self.done = tf.group(*[done_queue(p).enqueue(index) for p in range(cluster.num_ps)], name="done")
             if not self.is_chief:
                 self.token = tokens[index].dequeue()
+                # Ready when the chief has initialized or restored the variables and set the records.
+                self.ready = tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed)
                 return
             self.next_step = tf1.placeholder(tf.int64, [], "next_step")
             self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed])
             self.enqueue_tokens = tf.group(*[q.enqueue(self.next_step) for q in tokens.values()])
             self.stop_workers = tf.group(*[q.enqueue(tf.constant(STOP, tf.int64)) for q in tokens.values()])
-            mean_grads = [acc.take_grad(W) for acc in accumulators]
-            mean_loss = loss_accumulator.take_grad(W)
-            apply, grad_norm = clipped_adam(c, self.lr, mean_grads, params, self.global_step)
+            mean_grads = []
+            for param, acc in zip(params, accumulators):
+                with tf1.device(param.device):
+                    mean_grads.append(acc.take_grad(W))
+            with tf1.device(cluster.ps_devices[0]):
+                # Clipped on ps 0, not on the chief: with one ps task no gradient crosses the
+                # network at all here (Adam's updates run where each variable lives).
+                mean_loss = loss_accumulator.take_grad(W)
+                apply, grad_norm = clipped_adam(c, self.lr, mean_grads, params, self.global_step)
             with tf.control_dependencies([apply, mean_loss]):
                 # A take moves its accumulator one step on; this says which step (a resumed run
                 # starts them at 0): from now on a gradient for step g or earlier is dropped as stale.
