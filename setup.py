@@ -21,7 +21,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pyyaml"],  # pyyaml: the tests read the Kubernetes example
         "gpu": ["tensorflow[and-cuda]>=2.16"],
     },
 )

@@ -151,6 +151,22 @@ def _define_train_flags():
                        "(checkpointed; run again to go on).")
     define_preset_flag()
     define_config_flags()
+    _define_cluster_flags()
+
+
+def _define_cluster_flags():
+    """Where this process runs in a training cluster (see charrnn/cluster.py); none: one process."""
+    flags.DEFINE_string("ps_hosts", None, "Cluster: the parameter-server tasks, host:port,... "
+                        "(with --worker_hosts, --job_name, --task_index; without them, TF_CONFIG if set).")
+    flags.DEFINE_string("worker_hosts", None, "Cluster: the worker tasks, host:port,...; worker 0 is the "
+                        "chief (it validates and writes the save directory). --batch_size is each worker's.")
+    flags.DEFINE_string("job_name", None, "Cluster: this task's job, ps or worker.")
+    flags.DEFINE_integer("task_index", None, "Cluster: this task's index in its job (default 0).")
+    flags.DEFINE_float("cluster_timeout", 300.0, "Cluster: seconds to wait for another task to answer "
+                       "or for the chief to initialize the variables before giving up.")
+    flags.DEFINE_string("local_cluster", None, "Try a cluster on this machine: PS,WORKERS (e.g. 1,2) starts "
+                        "that many tasks of this same command on free loopback ports, prefixes their "
+                        "output with the task's name, and stops them all on Ctrl-C.")
 
 
 def _define_cache_flag():
@@ -160,8 +176,67 @@ def _define_cache_flag():
 
 
 def _train_main():
+    from charrnn import cluster as clusters
     from charrnn import train
 
+    cluster = clusters.describe(FLAGS.ps_hosts, FLAGS.worker_hosts, FLAGS.job_name, FLAGS.task_index,
+                                os.environ.get("TF_CONFIG"))
+    if FLAGS.local_cluster:
+        if any(FLAGS[name].present for name in ("ps_hosts", "worker_hosts", "job_name", "task_index")):
+            raise ConfigError("--local_cluster starts its own tasks; drop --ps_hosts, --worker_hosts, "
+                              "--job_name and --task_index")
+        num_ps, num_workers = clusters.parse_local_cluster(FLAGS.local_cluster)
+        # The same command for every task, this flag emptied, each task's cluster flags appended.
+        command = [sys.executable, sys.argv[0], *sys.argv[1:], "--local_cluster="]
+        sys.exit(clusters.launch_local(num_ps, num_workers, command, train.log))
+    if cluster is None:
+        return _train_one(train)
+    # A task of a cluster: TensorFlow's server threads cannot be stopped, so the task ends its
+    # process itself (errors still as one line).
+    try:
+        status = _train_task(train, clusters, cluster)
+    except CharRNNError as e:
+        print(f"charrnn-train: error: {cluster.name}: {e}", file=sys.stderr)
+        status = 2
+    except KeyboardInterrupt:
+        print(f"charrnn-train: {cluster.name}: interrupted", file=sys.stderr)
+        status = 130
+    except Exception as e:  # e.g. a task of the cluster went away: TensorFlow's error, in one line
+        from charrnn.tfcompat import load
+
+        if not isinstance(e, load()[1].errors.OpError):
+            raise
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"charrnn-train: error: {cluster.name}: {type(e).__name__}: {first_line[:200]}", file=sys.stderr)
+        status = 1
+    clusters.exit_process(status)
+
+
+def _train_task(train, clusters, cluster):
+    """Run this process's task of ``cluster``; return its exit status."""
+    if not FLAGS.cluster_timeout > 0:
+        raise ConfigError(f"--cluster_timeout must be positive (got {FLAGS.cluster_timeout})")
+    if cluster.job == "ps":
+        clusters.serve_ps(cluster, train.log)
+        return 0
+    from charrnn import replica
+
+    run = _prepared_run(train, replica=(cluster.index, cluster.num_workers))
+    result = replica.run_task(run, cluster, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
+                              max_minutes=FLAGS.max_minutes, timeout=FLAGS.cluster_timeout)
+    return 128 + result.signum if result is not None and result.signum else 0
+
+
+def _train_one(train):
+    """charrnn-train as a single process."""
+    run = _prepared_run(train)
+    result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
+                         max_minutes=FLAGS.max_minutes)
+    if result.signum:
+        sys.exit(128 + result.signum)
+
+
+def _prepared_run(train, replica=None):
     config, explicit = config_from_flags(FLAGS.preset)
     problems = config.problems()
     if FLAGS.max_steps is not None and FLAGS.max_steps <= 0:
@@ -170,13 +245,9 @@ def _train_main():
         problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
     if problems:
         raise ConfigError("; ".join(problems))
-    run = train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
-                        init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint,
-                        extend_vocab=FLAGS.extend_vocab)
-    result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
-                         max_minutes=FLAGS.max_minutes)
-    if result.signum:
-        sys.exit(128 + result.signum)
+    return train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
+                         init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint,
+                         extend_vocab=FLAGS.extend_vocab, replica=replica)
 
 
 def train_main():

@@ -123,11 +123,13 @@ class TextLoader:
 
     The stream is cut into ``batch_size`` contiguous rows, so row r of batch k+1 continues exactly
     where row r of batch k ended; targets are the inputs shifted by one. The incomplete tail is
-    dropped rather than wrapped around to the start.
+    dropped rather than wrapped around to the start. ``rows`` (a slice) keeps only those rows of
+    the layout: a worker of a cluster trains its own streams of the run's layout, and
+    ``batch_size`` is then the number of rows it keeps.
     """
 
-    def __init__(self, ids, batch_size, seq_length):
-        self.batch_size, self.seq_length = batch_size, seq_length
+    def __init__(self, ids, batch_size, seq_length, rows=None):
+        self.seq_length = seq_length
         chars_per_batch = batch_size * seq_length
         self.num_batches = (len(ids) - 1) // chars_per_batch
         if self.num_batches == 0:
@@ -136,8 +138,10 @@ class TextLoader:
                 f"--seq_length {seq_length} needs at least {chars_per_batch + 1}; "
                 "add text or lower --batch_size/--seq_length")
         used = self.num_batches * chars_per_batch
-        self.x = ids[:used].reshape(batch_size, -1)  # (B, num_batches * T)
-        self.y = ids[1:used + 1].reshape(batch_size, -1)  # (B, num_batches * T)
+        rows = rows or slice(None)
+        self.x = ids[:used].reshape(batch_size, -1)[rows]  # (B, num_batches * T)
+        self.y = ids[1:used + 1].reshape(batch_size, -1)[rows]  # (B, num_batches * T)
+        self.batch_size = len(self.x)
         self._batches_read = 0
 
     def batch(self, k):

@@ -49,6 +49,8 @@ def _scope():
 # what charrnn-train --extend_vocab widens (ModelWeights makes them).
 VOCAB_AXES = {f"{SCOPE}/embedding": 0, f"{SCOPE}/softmax_w": 1, f"{SCOPE}/softmax_b": 0}
 
+model_scope = _scope  # for training graphs built beside this module's (charrnn/replica.py)
+
 
 class ModelWeights:
     """Every trainable variable of the model, created (or reused) in the current graph.
@@ -378,25 +380,11 @@ class TrainGraph:
 
             def step(inputs, targets, loss_weights, masks, transposed):
                 """Forward, loss and the update ops: (loss, gradient norm, [state and Adam updates])."""
-                outputs, final_state = lstm_stack(c, weights, inputs, self.state.read(), *masks,
-                                                  transposed=transposed or None)
-                loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
+                loss, final_state = training_loss(c, weights, inputs, targets, loss_weights, self.state.read(),
+                                                  masks, transposed)
                 params = weights.trainable
-                clipped, grad_norm = tf.clip_by_global_norm(tf.gradients(loss, params), c.grad_clip)
-                if not c.weight_decay:
-                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
-                        zip(clipped, params), global_step=self.global_step)
-                    return loss, grad_norm, self.state.assign(final_state) + [apply]
-                # AdamW: w -= lr * weight_decay * w, decoupled from Adam's moments (so not a
-                # gradient term), on the weights before this step's update; matrices only.
-                matrices = [p for p in params if p.shape.ndims == 2]
-                shrink = [self.lr * c.weight_decay * p.read_value() for p in matrices]
-                with tf.control_dependencies(shrink):
-                    apply = tf1.train.AdamOptimizer(self.lr).apply_gradients(
-                        zip(clipped, params), global_step=self.global_step)
-                with tf.control_dependencies([apply]):
-                    decay = tf.group(*[p.assign_sub(d) for p, d in zip(matrices, shrink)])
-                return loss, grad_norm, self.state.assign(final_state) + [decay]
+                apply, grad_norm = clipped_adam(c, self.lr, tf.gradients(loss, params), params, self.global_step)
+                return loss, grad_norm, self.state.assign(final_state) + [apply]
 
             feeds = [self.inputs, self.targets, loss_weights, masks, transposed]  # nested: XLA keeps the structure
             if c.xla:
@@ -421,23 +409,60 @@ class TrainGraph:
         session.run(self._lr_update, {self._new_lr: value})
 
     def _dropout_masks(self, config):
-        """[input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep.
+        return dropout_masks(config, self.global_step)
 
-        One seed per step, derived from (seed, global_step): stateless, so exact on resume.
-        With ``variational_dropout`` each row draws one mask per step and repeats it over time.
-        """
-        tf, _ = load()
-        c = config
-        B, T, H, L = c.batch_size, c.seq_length, c.hidden_size, c.num_layers
-        drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
-        keep = 1.0 - c.dropout
-        step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(self.global_step, tf.int64)])
-        input_mask = tf.cast(tf.random.stateless_uniform([B, drawn, H], step_seed) < keep, tf.float32) / keep
-        out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
-        masks = tf.cast(tf.random.stateless_uniform([B, drawn, L, H], out_seed) < keep, tf.float32) / keep
-        if c.variational_dropout:
-            input_mask, masks = tf.tile(input_mask, [1, T, 1]), tf.tile(masks, [1, T, 1, 1])
-        return [input_mask, masks]
+
+def dropout_masks(config, step, rows=None):
+    """[input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep, for global step
+    ``step`` (a tensor); ``rows`` (a slice) keeps those rows of the masks of all B rows.
+
+    One seed per step, derived from (seed, step): stateless, so exact on resume, and a replica
+    that trains some of the rows draws exactly their rows of a single process's masks. With
+    ``variational_dropout`` each row draws one mask per step and repeats it over time.
+    """
+    tf, _ = load()
+    c = config
+    B, T, H, L = c.batch_size, c.seq_length, c.hidden_size, c.num_layers
+    drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
+    keep = 1.0 - c.dropout
+    step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(step, tf.int64)])
+    input_mask = tf.cast(tf.random.stateless_uniform([B, drawn, H], step_seed) < keep, tf.float32) / keep
+    out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
+    masks = tf.cast(tf.random.stateless_uniform([B, drawn, L, H], out_seed) < keep, tf.float32) / keep
+    if c.variational_dropout:
+        input_mask, masks = tf.tile(input_mask, [1, T, 1]), tf.tile(masks, [1, T, 1, 1])
+    if rows is not None:
+        input_mask, masks = input_mask[rows], masks[rows]
+    return [input_mask, masks]
+
+
+def training_loss(config, weights, inputs, targets, loss_weights, initial_state, masks, transposed):
+    """The training forward pass from ``initial_state``: (mean loss over (B, T), final state per
+    layer). ``masks`` are dropout's (or []), ``transposed`` the layerwise kernels' (or {})."""
+    outputs, final_state = lstm_stack(config, weights, inputs, initial_state, *masks,
+                                      transposed=transposed or None)
+    loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
+    return loss, final_state
+
+
+def clipped_adam(config, lr, grads, params, global_step):
+    """Clip ``grads`` to the global norm ``config.grad_clip`` and apply them with Adam at rate
+    ``lr`` (AdamW with ``config.weight_decay``), incrementing ``global_step``: (the update op,
+    the norm before clipping)."""
+    tf, tf1 = load()
+    clipped, grad_norm = tf.clip_by_global_norm(grads, config.grad_clip)
+    if not config.weight_decay:
+        apply = tf1.train.AdamOptimizer(lr).apply_gradients(zip(clipped, params), global_step=global_step)
+        return apply, grad_norm
+    # AdamW: w -= lr * weight_decay * w, decoupled from Adam's moments (so not a gradient term),
+    # on the weights before this step's update; matrices only.
+    matrices = [p for p in params if p.shape.ndims == 2]
+    shrink = [lr * config.weight_decay * p.read_value() for p in matrices]
+    with tf.control_dependencies(shrink):
+        apply = tf1.train.AdamOptimizer(lr).apply_gradients(zip(clipped, params), global_step=global_step)
+    with tf.control_dependencies([apply]):
+        decay = tf.group(*[p.assign_sub(d) for p, d in zip(matrices, shrink)])
+    return decay, grad_norm
 
 
 class EvalGraph:

@@ -4,6 +4,7 @@
 the graphs and hands them to a ``Trainer``, whose ``run`` is the loop: one training step, a
 progress line every ``print_every`` steps, validation, checkpoints, and the checks that stop it.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -46,7 +47,7 @@ class Run:
 
 
 def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
-            init_checkpoint="auto", extend_vocab=False):
+            init_checkpoint="auto", extend_vocab=False, replica=None):
     """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
@@ -58,11 +59,17 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     source never saw join its vocabulary at their sorted places: they get freshly initialised
     embedding rows and softmax columns, the source's characters their trained ones (moved to
     their new ids, see :func:`start_from_source`). Raises before anything in ``save_dir`` changes.
+
+    ``replica`` (index, count) prepares worker ``index`` of a cluster of ``count`` workers:
+    ``config.batch_size`` is then each worker's, the run's config (and config.json) holds the
+    global layout of count * batch_size streams, and ``run.train`` gives this worker's rows of it.
     """
     config.validate()
     if extend_vocab and not init_from:
         raise ConfigError("--extend_vocab needs --init_from SAVE_DIR: it adds the text's new characters "
                           "to that model's vocabulary")
+    if replica:  # --batch_size is each worker's; the run's layout has all the workers' streams
+        config = dataclasses.replace(config, batch_size=config.batch_size * replica[1])
     rundir = RunDir(save_dir)
     resume = rundir.has_checkpoint() and not fresh
     if resume:
@@ -135,7 +142,15 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         config.validate()
 
     train_ids, val_ids = split_ids(corpus.ids, config.val_frac)
-    train = TextLoader(train_ids, config.batch_size, config.seq_length)
+    rows = None
+    if replica:
+        index, count = replica
+        if config.batch_size % count:
+            raise ConfigError(f"the run has {config.batch_size} streams (--batch_size), which {count} workers "
+                              "cannot share evenly; use a number of workers that divides it")
+        per_worker = config.batch_size // count
+        rows = slice(index * per_worker, (index + 1) * per_worker)
+    train = TextLoader(train_ids, config.batch_size, config.seq_length, rows=rows)
     if config.decay_schedule != "epoch" and config.decay_steps == 0:
         # The budget is fixed once, when the schedule starts, and saved: a resume (even with
         # another --num_epochs) keeps the same learning rate at every step.
@@ -265,12 +280,13 @@ class TrainResult:
     minutes: float = 0.0  # wall time of this call's loop
 
 
-def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
+def train(run, save_dir, log_dir, max_steps=None, max_minutes=None, replica=None):
     """Train (or resume) until ``num_epochs`` are done, patience runs out, or a signal arrives.
 
     ``max_steps`` / ``max_minutes`` stop this invocation after that many steps / that much wall
     time (evaluations included), with a checkpoint, so running again goes on. Returns a
-    TrainResult.
+    TrainResult. ``replica`` (a charrnn.replica.ChiefReplica) makes this process the chief of a
+    cluster: its training graph, devices, session target and loop replace the single process's.
     """
     tf, tf1 = load()
     for note in run.notes:
@@ -286,9 +302,9 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
         if c.deterministic:
             tf.config.experimental.enable_op_determinism()
         graph = tf.Graph()
-        with graph.as_default():
+        with graph.as_default(), (replica.device_scope() if replica else contextlib.nullcontext()):
             tf1.set_random_seed(c.seed)
-            model = TrainGraph(c)
+            model = replica.train_graph(c) if replica else TrainGraph(c)
             eval_model = EvalGraph(c, batch_size=run.val.batch_size) if run.val else None
             sample_model = SampleGraph(c) if run.val else None
             variables = tf1.global_variables()
@@ -299,7 +315,8 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
             init_local = tf1.local_variables_initializer()
         graph.finalize()  # every op exists now; the loop must not add any
 
-        with tf1.Session(graph=graph, config=session_config(log)) as session:
+        target, options = (replica.target, replica.session_config(log)) if replica else ("", session_config(log))
+        with tf1.Session(target, graph=graph, config=options) as session:
             session.run(init_local)
             if run.resume:
                 path = rundir.latest_usable(log)
@@ -312,8 +329,8 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None):
                     log(f"weights from {run.init_from.checkpoint}")
             summaries = _Summaries(log_dir, graph if not run.resume else None)
             try:
-                trainer = Trainer(run, rundir, session, model, eval_model, sample_model, saver, best_saver,
-                                  summaries, stop)
+                trainer = (replica.trainer_class if replica else Trainer)(
+                    run, rundir, session, model, eval_model, sample_model, saver, best_saver, summaries, stop)
                 return trainer.run(max_steps, max_minutes)
             finally:
                 summaries.close()
@@ -342,21 +359,30 @@ class Trainer:
         """One batch: set the epoch's learning rate (and reset the state) when an epoch starts or
         the run resumes, run the update, refuse a non-finite result; return (loss, grad norm)."""
         model = self.model
-        epoch, k = self.loader.position(self.step)
+        _, k = self.loader.position(self.step)
         if k == 0:
             self.session.run(model.reset_state_op)
-        if k == 0 or self.step == self.first_step or self.config.decay_schedule != "epoch":
-            model.assign_lr(self.session, self.learning_rate(self.step))
+        self.set_learning_rate(k)
         x, y = self.loader.batch(k)
         _, loss, norm = self.session.run([model.train_op, model.loss, model.grad_norm],
                                          {model.inputs: x, model.targets: y})
+        self.refuse_non_finite(loss, norm)
+        self.step += 1
+        return float(loss), float(norm)
+
+    def set_learning_rate(self, k):
+        """Assign the learning rate of this step (batch ``k`` of its epoch) when it can have
+        changed: every step for 'cosine' and 'linear'; at an epoch's start, and when the run
+        resumes, for 'epoch'."""
+        if k == 0 or self.step == self.first_step or self.config.decay_schedule != "epoch":
+            self.model.assign_lr(self.session, self.learning_rate(self.step))
+
+    def refuse_non_finite(self, loss, norm):
         if not (math.isfinite(loss) and math.isfinite(norm)):
             # A non-finite gradient norm means this step's update already spoiled the weights.
             what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
             raise TrainingError(f"training diverged: {what} at step {self.step + 1}; nothing was saved "
                                 "after the last checkpoint. Lower --learning_rate or --grad_clip and resume")
-        self.step += 1
-        return float(loss), float(norm)
 
     def learning_rate(self, step):
         """The learning rate of update ``step`` (see :func:`learning_rate_at`)."""

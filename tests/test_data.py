@@ -112,3 +112,14 @@ def test_loaders_hand_read_pages_of_a_memory_map_back(tmp_path, monkeypatch):
     assert _rss_file_kib() - before > 24 << 10  # most of the 48 MiB were read through the map
     loader.batch(0)  # the 4th batch hands them back
     assert _rss_file_kib() - before < 8 << 10
+
+
+def test_a_loader_can_keep_some_rows_of_the_layout():
+    """A cluster worker's loader: its rows of the layout of all streams, batch by batch."""
+    ids = np.arange(1 + 6 * 2 * 3, dtype=np.uint8)  # 6 rows, 2 batches of 3 characters
+    whole = TextLoader(ids, 6, 3)
+    part = TextLoader(ids, 6, 3, rows=slice(2, 4))
+    assert part.batch_size == 2 and part.num_batches == whole.num_batches == 2
+    for k in range(2):
+        for a, b in zip(part.batch(k), whole.batch(k)):
+            np.testing.assert_array_equal(a, b[2:4])

@@ -1,0 +1,334 @@
+"""Training as one worker of a cluster: between-graph replication with synchronous updates.
+
+Every worker builds its own graph over the same variables. On the ps tasks (spread by size):
+the weights, Adam's slots, the global step, the learning rate, and ``train_state``, a snapshot
+of the carried state of all W*B streams (what a checkpoint holds, so the chief's checkpoints are
+a single process's of batch W*B). On each worker, as local variables: the carried state of its
+own B streams, which no other worker can touch.
+
+One global step takes exactly one gradient from every worker:
+
+  1. the chief puts the step number g into each other worker's token queue (one queue per
+     worker, so no worker can take another's turn);
+  2. each worker (the chief too) trains on batch g of its streams: forward, backward, its rows
+     of the state snapshot written, then its gradients and loss put into per-variable
+     ConditionalAccumulators on the ps, tagged with local step g;
+  3. the chief takes the mean of the W gradients of each variable, clips their global norm (as a
+     single process clips its whole batch), applies Adam and increments the global step.
+
+With the loss a mean over each worker's batch, the mean of the W gradients is the gradient of
+the mean loss over all W*B streams: a synchronous run of W workers computes what one process of
+batch W*B computes, to float rounding. Each worker takes its batch index from g, so no data is
+skipped, and the chief drives every step from its own loop: no queue runner, whose ops could
+not depend on fed batches. When the chief stops it puts -1 into every token queue, and each
+worker, the chief last, puts one item into each ps task's done queue (see charrnn/cluster.py).
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from charrnn.cluster import done_queue, start_server, wait_for_hosts
+from charrnn.errors import ConfigError
+from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dropout_masks,
+                           model_scope, training_loss)
+from charrnn.tfcompat import load
+from charrnn.train import Trainer, log, train
+
+STOP = -1  # the token that ends a worker's loop
+TOKEN_QUEUE_CAPACITY = 1 << 10  # holds a stop token even if a worker is gone
+
+
+class _BySize:
+    """A ps strategy for replica_device_setter: each variable goes to the ps task with the fewest
+    bytes so far. Every task builds the same variables in the same order, so all agree."""
+
+    def __init__(self, num_tasks):
+        self.loads = [0] * num_tasks
+
+    def __call__(self, op):
+        shape = op.get_attr("shape") if "shape" in op.node_def.attr else None
+        size = int(np.prod([d.size for d in shape.dim])) if shape is not None else 1
+        task = int(np.argmin(self.loads))
+        self.loads[task] += max(size, 1)
+        return task
+
+
+class ReplicaTrainGraph:
+    """One worker's training graph (see the module's docstring).
+
+    Handles, every worker: ``inputs``, ``targets`` (B, T) int32 for this worker's B streams;
+    ``step`` (int64) the global step the batch is for; ``push`` computes this worker's share and
+    puts it into the accumulators (fetch ``push_loss`` with it for this worker's loss);
+    ``load_state`` copies this worker's rows of the ps snapshot into its carried state,
+    ``reset_state_op`` zeroes it; ``done`` tells every ps task this worker is done;
+    ``global_step``, ``lr``. Non-chief workers: ``token`` takes the next step number from this
+    worker's queue. The chief: ``enqueue_tokens`` (feed ``next_step``), ``stop_workers``,
+    ``update`` with ``loss`` and ``grad_norm`` (the mean loss over all streams and the
+    aggregated gradient's norm before clipping; feed ``step``), :meth:`assign_lr`.
+    """
+
+    def __init__(self, config, cluster):
+        tf, tf1 = load()
+        c, W, index = config, cluster.num_workers, cluster.index
+        B, T = c.batch_size // W, c.seq_length
+        rows = slice(index * B, (index + 1) * B)
+        self.is_chief, self.num_workers = cluster.is_chief, W
+        setter = tf1.train.replica_device_setter(cluster=cluster.spec(), worker_device=cluster.device,
+                                                 ps_strategy=_BySize(cluster.num_ps))
+        with tf1.device(setter), model_scope():
+            self.global_step = tf1.train.get_or_create_global_step()
+            weights = ModelWeights(c)
+            # Every stream's state, as a single process of batch W*B carries it: checkpoints hold it.
+            self.snapshot = CarriedState("train_state", c, W * B, saved=True)
+            self.lr = tf1.get_variable("learning_rate", [], trainable=False,
+                                       initializer=tf1.constant_initializer(c.learning_rate))
+            self._new_lr = tf1.placeholder(tf.float32, [], "new_learning_rate")
+            self._lr_update = self.lr.assign(self._new_lr)
+            with tf1.device(cluster.device):  # this worker's streams, never on a ps
+                self.state = CarriedState("worker_state", c, B, saved=False)
+            self.inputs = tf1.placeholder(tf.int32, [B, T], "inputs")
+            self.targets = tf1.placeholder(tf.int32, [B, T], "targets")
+            self.step = tf1.placeholder(tf.int64, [], "step")
+            masks = dropout_masks(c, self.step, rows) if c.dropout > 0 else []
+            transposed = _transposed_kernels(weights) if c.rnn_impl == "layerwise" else {}
+            loss, final_state = training_loss(c, weights, self.inputs, self.targets, tf.ones([B, T]),
+                                              self.state.read(), masks, transposed)
+            params = weights.trainable
+            # Dense (the embedding's gradient is IndexedSlices): the accumulators average tensors.
+            grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
+            accumulators = []
+            for param in params:
+                with tf1.device(param.device):
+                    accumulators.append(tf1.ConditionalAccumulator(
+                        tf.float32, param.shape, shared_name=f"{param.op.name}/grad_accumulator"))
+            with tf1.device(cluster.ps_devices[0]):
+                loss_accumulator = tf1.ConditionalAccumulator(tf.float32, [], shared_name="model/loss_accumulator")
+            carried = self.state.assign(final_state) + [
+                snap[rows].assign(value) for pair, s in zip(self.snapshot.variables, final_state)
+                for snap, value in zip(pair, tf.nest.flatten(s))]
+            # The last step each worker's gradient went in for, so that a restarted worker knows
+            # whether the step in progress still needs its gradient. Not in any collection (never
+            # saved): the chief sets them when it starts, after any restore.
+            with tf1.device(cluster.ps_devices[0]):
+                self.pushed = [tf1.get_variable(f"pushed_step_{w}", [], tf.int64, trainable=False, collections=[],
+                                                initializer=tf1.constant_initializer(-1)) for w in range(W)]
+            with tf.control_dependencies(carried):  # the snapshot is written before the chief can go on
+                pushes = [acc.apply_grad(g, local_step=self.step) for acc, g in zip(accumulators, grads)]
+                pushes.append(loss_accumulator.apply_grad(loss, local_step=self.step))
+            with tf.control_dependencies(pushes):
+                self.push = tf.group(self.pushed[index].assign(self.step), name="push")
+            self.push_loss = loss
+            self.load_state = tf.group(*[v.assign(snap[rows]) for pair, snap_pair in
+                                         zip(self.state.variables, self.snapshot.variables)
+                                         for v, snap in zip(pair, snap_pair)], name="load_state")
+
+            tokens = {}
+            for w in range(1, W):
+                if self.is_chief or w == index:
+                    with tf1.device(cluster.ps_devices[0]):
+                        tokens[w] = tf1.FIFOQueue(TOKEN_QUEUE_CAPACITY, [tf.int64], shapes=[[]],
+                                                  shared_name=f"token_queue_{w}", name=f"token_queue_{w}")
+            self.done = tf.group(*[done_queue(p).enqueue(index) for p in range(cluster.num_ps)], name="done")
+            if not self.is_chief:
+                self.token = tokens[index].dequeue()
+                # Ready when the chief has initialized or restored the variables and set the records.
+                self.ready = tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed)
+                return
+            self.next_step = tf1.placeholder(tf.int64, [], "next_step")
+            self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed])
+            self.enqueue_tokens = tf.group(*[q.enqueue(self.next_step) for q in tokens.values()])
+            self.stop_workers = tf.group(*[q.enqueue(tf.constant(STOP, tf.int64)) for q in tokens.values()])
+            mean_grads = []
+            for param, acc in zip(params, accumulators):
+                with tf1.device(param.device):
+                    mean_grads.append(acc.take_grad(W))
+            with tf1.device(cluster.ps_devices[0]):
+                # Clipped on ps 0, not on the chief: with one ps task no gradient crosses the
+                # network at all here (Adam's updates run where each variable lives).
+                mean_loss = loss_accumulator.take_grad(W)
+                apply, grad_norm = clipped_adam(c, self.lr, mean_grads, params, self.global_step)
+            with tf.control_dependencies([apply, mean_loss]):
+                # A take moves its accumulator one step on; this says which step (a resumed run
+                # starts them at 0): from now on a gradient for step g or earlier is dropped as stale.
+                moved = [acc.set_global_step(self.step + 1) for acc in accumulators + [loss_accumulator]]
+            with tf.control_dependencies(moved):
+                self.loss = tf.identity(mean_loss)
+                self.grad_norm = tf.identity(grad_norm)
+            self.update = tf.group(self.loss, self.grad_norm, name="update")
+
+    @property
+    def reset_state_op(self):
+        return self.state.reset_op
+
+    def assign_lr(self, session, value):
+        session.run(self._lr_update, {self._new_lr: value})
+
+
+class _Share:
+    """One worker's part of a global step: its batch of its streams, carried state and gradients."""
+
+    def __init__(self, session, model, loader, name):
+        self.session, self.model, self.loader, self.name = session, model, loader, name
+        self.first = True
+
+    def run(self, step):
+        """Train on batch ``step`` of this worker's streams; return its loss."""
+        model = self.model
+        _, k = self.loader.position(step)
+        if self.first:  # the state this run starts from: the checkpoint's rows, or zeros
+            self.session.run(model.load_state)
+            self.first = False
+            if step and k:
+                log(f"{self.name}: the carried state of its {self.loader.batch_size} streams continues "
+                    f"from the checkpoint (step {step})")
+        if k == 0:
+            self.session.run(model.reset_state_op)
+        x, y = self.loader.batch(k)
+        _, loss = self.session.run([model.push, model.push_loss],
+                                   {model.inputs: x, model.targets: y, model.step: step})
+        return float(loss)
+
+
+class ChiefTrainer(Trainer):
+    """The Trainer of the chief: each step hands out the step's tokens, does the chief's own
+    share, then aggregates every worker's gradient and applies it. Saves, validation, summaries
+    and the stop checks are the single process's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No worker has given a gradient for this step yet; the others wait for this (see _work).
+        self.session.run(self.model.reset_records, {self.model.next_step: self.step})
+        self.share = _Share(self.session, self.model, self.loader, "worker 0 (chief)")
+
+    def train_step(self):
+        model, step = self.model, self.step
+        _, k = self.loader.position(step)
+        self.set_learning_rate(k)
+        if step == self.first_step:
+            log(f"step {step + 1} waits for a gradient from each of the {model.num_workers} workers")
+        self.session.run(model.enqueue_tokens, {model.next_step: step})
+        self.share.run(step)
+        _, loss, norm = self.session.run([model.update, model.loss, model.grad_norm], {model.step: step})
+        self.refuse_non_finite(loss, norm)
+        self.step += 1
+        return float(loss), float(norm)
+
+    def run(self, max_steps=None, max_minutes=None):
+        try:
+            return super().run(max_steps, max_minutes)
+        finally:  # whatever ended the run, the other tasks learn it and end too
+            _tell(self.session, [self.model.stop_workers, self.model.done])
+
+
+@dataclasses.dataclass
+class ChiefReplica:
+    """What :func:`charrnn.train.train` builds and runs differently on the chief of a cluster."""
+
+    cluster: object
+    target: str
+    trainer_class = ChiefTrainer
+
+    def device_scope(self):
+        _, tf1 = load()
+        return tf1.device(self.cluster.device)  # what no ps holds runs on this worker
+
+    def train_graph(self, config):
+        return ReplicaTrainGraph(config, self.cluster)
+
+    def session_config(self, log=None):
+        return self.cluster.session_config(log)
+
+
+def run_task(run, cluster, save_dir, log_dir, max_steps=None, max_minutes=None, timeout=300.0):
+    """Run this process's worker task of ``cluster`` on ``run`` (prepared with its replica
+    rows): the chief trains, validates and saves like a single process; the others train their
+    streams until the chief stops them. Returns the chief's TrainResult, None on other workers."""
+    run = _without_xla(run)
+    server = start_server(cluster, log)
+    wait_for_hosts([(f"ps {p}", a) for p, a in enumerate(cluster.ps)], timeout, log, "--ps_hosts")
+    if cluster.is_chief:
+        return train(run, save_dir, log_dir, max_steps, max_minutes, replica=ChiefReplica(cluster, server.target))
+    _work(run, cluster, server, timeout)
+    return None
+
+
+def _without_xla(run):
+    """The cluster's training graph runs without XLA (its variables live on the ps tasks)."""
+    c = run.config
+    if c.xla is None:
+        log("xla: off (the cluster's training graph does not compile with XLA yet)")
+        return dataclasses.replace(run, config=dataclasses.replace(c, xla=False))
+    if c.xla:
+        log("xla: the cluster's training graph runs without XLA (config.json keeps --xla for "
+            "single-machine runs)")
+    return run
+
+
+def _work(run, cluster, server, timeout):
+    """A non-chief worker's loop: wait for the chief's variables, then train each step the
+    chief hands out until it says stop."""
+    tf, tf1 = load()
+    c, loader = run.config, run.train
+    graph = tf.Graph()
+    with graph.as_default(), tf1.device(cluster.device):
+        tf1.set_random_seed(c.seed)
+        model = ReplicaTrainGraph(c, cluster)
+        init_local = tf1.local_variables_initializer()
+    graph.finalize()
+    log(f"{cluster.name}: waiting for the chief (worker 0 at {cluster.workers[0]}) to initialize or "
+        "restore the variables")
+    manager = tf1.train.SessionManager(local_init_op=init_local, ready_op=model.ready, graph=graph,
+                                       recovery_wait_secs=0.5)
+    session = manager.wait_for_session(server.target, config=cluster.session_config(), max_wait_secs=timeout)
+    if session is None:
+        raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not initialize the variables "
+                          f"within {timeout:g} s (--cluster_timeout); start it or check its log")
+    share = _Share(session, model, loader, cluster.name)
+    total = c.num_epochs * loader.num_batches
+    losses, computing, waiting, steps = [], 0.0, 0.0, 0
+    try:
+        # The step in progress may lack this worker's gradient without a token waiting for it: at
+        # the start, or after a restart whose previous process took the token and died. Then it is
+        # computed at once; a token for a step already given is passed over.
+        current, last = (int(v) for v in session.run([model.global_step, model.pushed[cluster.index]]))
+        if last < current < total:
+            if last >= 0 or current > 0:
+                log(f"{cluster.name}: joining the run at step {current + 1}")
+            handed = time.perf_counter()
+            losses.append(share.run(current))
+            computing += time.perf_counter() - handed
+            last, steps = current, 1
+        while True:
+            started = time.perf_counter()
+            step = int(session.run(model.token))
+            if step == STOP or step >= total:
+                break
+            if step <= last:
+                continue
+            handed = time.perf_counter()
+            losses.append(share.run(step))
+            last = step
+            computing += time.perf_counter() - handed
+            waiting += handed - started
+            steps += 1
+            if (step + 1) % c.print_every == 0 or step + 1 == total:
+                log(f"{cluster.name}: step {step + 1}/{total}  loss {np.mean(losses):.4f} (its streams)  "
+                    f"{1000 * computing / len(losses):.1f} ms/step computing, "
+                    f"{1000 * waiting / len(losses):.1f} ms/step waiting")
+                losses, computing, waiting = [], 0.0, 0.0
+        log(f"{cluster.name}: stopped by the chief after {steps} step(s) of this run")
+    finally:
+        _tell(session, [model.done])
+        session.close()
+
+
+def _tell(session, ops, seconds=10):
+    """Run ``ops`` (the end of a run, told to the others) if the cluster still answers: a task
+    that is gone must not turn the error that ended the run into another, or into a hang."""
+    _, tf1 = load()
+    try:
+        session.run(ops, options=tf1.RunOptions(timeout_in_ms=int(1000 * seconds)))
+    except tf1.errors.OpError as e:
+        log(f"warning: could not tell the other tasks that this one is done ({type(e).__name__})")
+

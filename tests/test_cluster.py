@@ -1,0 +1,382 @@
+"""Training on a cluster: the description (flags, TF_CONFIG), its errors, and real clusters of
+separate processes on loopback ports started the way a user starts one (--local_cluster)."""
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from charrnn import cluster as clusters
+from charrnn import train as trainer
+from charrnn.errors import ConfigError
+from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
+
+TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, " * 6
+# Each worker's batch; a single process of twice this batch computes what two workers do.
+PER_WORKER = dict(hidden_size=16, num_layers=1, batch_size=4, seq_length=8, num_epochs=1, val_frac=0.0,
+                  learning_rate=1e-2, grad_clip=0.05, seed=3, print_every=4, save_every=1000, eval_every=1000)
+
+
+def config_flags(values):
+    return [f"--{name}={value}" for name, value in values.items()] + ["--noxla"]
+
+
+def local_cluster(tmp_path, data, name, *extra, spec="1,2", timeout=240):
+    save, logs = tmp_path / f"{name}-save", tmp_path / f"{name}-logs"
+    result = run_cli("charrnn-train", f"--local_cluster={spec}", f"--data_dir={data}", f"--save_dir={save}",
+                     f"--log_dir={logs}", *config_flags(PER_WORKER), *extra, timeout=timeout)
+    return result, str(save), str(logs)
+
+
+def ports_of(stderr):
+    """The loopback ports the launcher gave its tasks, from its first line."""
+    line = next(line for line in stderr.splitlines() if line.startswith("local cluster: "))
+    return [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", line)]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """1 ps + 2 synchronous workers of batch 4, one epoch, run once for the tests below."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    data = make_data_dir(tmp_path, TEXT)
+    result, save, _ = local_cluster(tmp_path, data, "sync")
+    return tmp_path, data, result, save
+
+
+def test_a_local_cluster_trains_and_every_task_exits_0_with_its_port_freed(two_workers):
+    _, _, result, save = two_workers
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    for task in ("[ps0]", "[worker0]", "[worker1]"):
+        # Each task says that its port is open to the network.
+        assert re.search(re.escape(task) + r" .*TensorFlow server on port \d+.*every network interface "
+                         "without authentication", err), task
+    assert "[ps0] ps 0: every worker is done; exiting" in err
+    assert "[worker1] worker 1: stopped by the chief" in err
+    assert re.search(r"\[worker1\] worker 1: step \d+/\d+ +loss", err)  # its own progress lines
+    assert "[worker0] saved " in err
+    # In a network namespace of its own where the platform allows one (root here; not everywhere).
+    assert ("local cluster: in a network namespace of its own" in err
+            or "local cluster: no network namespace of its own here" in err)
+    for port in ports_of(err):
+        clusters.check_port_free(port, "a finished task")  # raises if anything still holds it
+
+
+def test_two_synchronous_workers_end_with_the_weights_of_one_process_of_twice_the_batch(two_workers, tmp_path):
+    """Exactly one gradient from each worker per step, each on its own rows of the layout of
+    all 8 streams, clipped after averaging: the same update as one process of batch 8 (a small
+    --grad_clip makes the clipping of the aggregated gradient matter).
+
+    The workers send the embedding's gradient dense, so the single process compared is the
+    layerwise graph, whose embedding gradient is dense too: the cell graph's is IndexedSlices,
+    and TF1's sparse Adam adds the squares of a repeated character's slices where dense Adam
+    squares their sum, which moves the weights by about 1e-4 here (as far as the two single
+    process graphs are from each other)."""
+    _, data, result, save = two_workers
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = str(tmp_path / "single")
+    config = tiny_config(**{**PER_WORKER, "batch_size": 2 * PER_WORKER["batch_size"], "rnn_impl": "layerwise"})
+    run = trainer.prepare(config, data, single)
+    outcome = trainer.train(run, single, str(tmp_path / "single-logs"))
+    cluster_tensors, single_tensors = checkpoint_tensors(save), checkpoint_tensors(single)
+    # The same variables, names and shapes: a single machine restores the chief's checkpoint.
+    assert cluster_tensors.keys() == single_tensors.keys()
+    assert cluster_tensors["model/global_step"] == outcome.step == run.train.num_batches
+    for name, value in single_tensors.items():
+        np.testing.assert_allclose(cluster_tensors[name], value, rtol=1e-5, atol=2e-6, err_msg=name)
+    with open(f"{save}/config.json") as f:
+        assert json.load(f)["config"]["batch_size"] == 8  # the global layout
+    # A single process opens no port (a TensorFlow server, once started, listens until the end).
+    assert listening_sockets() == set()
+
+
+def listening_sockets():
+    """Inodes of the TCP sockets this process holds that listen (from /proc)."""
+    import os
+
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[8:-1])
+    listening = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in held:  # state 0A is LISTEN
+                    listening.add(fields[9])
+    return listening
+
+
+def test_the_chiefs_save_dir_samples_evaluates_and_resumes_on_one_machine(two_workers, tmp_path):
+    _, data, result, save = two_workers
+    assert result.returncode == 0, result.stderr[-3000:]
+    sampled = run_cli("charrnn-sample", "--save_dir", save, "--n", "20", "--prime", "It")
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.startswith("It") and len(sampled.stdout.rstrip("\n")) == 22
+    evaluated = run_cli("charrnn-eval", "--save_dir", save, "--text", f"{data}/t.txt", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["characters"] > 0
+    # A single process resumes it (a copy: the other tests read it) with all 8 streams.
+    copy = str(tmp_path / "copy")
+    shutil.copytree(save, copy)
+    run = trainer.prepare(tiny_config(**{**PER_WORKER, "num_epochs": 2}), data, copy, explicit=("num_epochs",))
+    assert run.resume and run.config.batch_size == 8
+    outcome = trainer.train(run, copy, str(tmp_path / "resume-logs"), max_steps=1)
+    assert outcome.step == run.train.num_batches + 1
+
+
+def test_a_cluster_stopped_and_started_again_ends_as_if_never_stopped(two_workers):
+    """Every task stops at --max_steps (the chief's checkpoint); the same command again resumes
+    at that global step, each worker at its data position with its streams' carried state, and
+    ends bit-identical to the uninterrupted run."""
+    tmp_path, data, uninterrupted, reference = two_workers
+    first, save, _ = local_cluster(tmp_path, data, "resumed", "--max_steps=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[worker0] max_steps: step 3/8" in first.stderr
+    assert "[worker1] worker 1: stopped by the chief" in first.stderr
+    second, save, _ = local_cluster(tmp_path, data, "resumed")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training: 8 batches/epoch, 1 epochs, 8 steps; starting at step 3" in second.stderr
+    assert "carried state of its 4 streams continues from the checkpoint (step 3)" in second.stderr
+    assert_identical(checkpoint_tensors(save), checkpoint_tensors(reference))
+
+
+class Tasks:
+    """Cluster tasks started one by one as separate processes (output to files), all killed
+    and reaped when the test ends, whatever happened."""
+
+    def __init__(self, tmp_path, args, num_workers=2):
+        ports = clusters.free_ports(1 + num_workers)
+        self.hosts = [f"--ps_hosts=127.0.0.1:{ports[0]}",
+                      "--worker_hosts=" + ",".join(f"127.0.0.1:{p}" for p in ports[1:])]
+        self.tmp_path, self.args, self.procs = tmp_path, args, []
+
+    def start(self, job, index):
+        log = self.tmp_path / f"{job}{index}-{len(self.procs)}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([command("charrnn-train"), *self.args, *self.hosts, f"--job_name={job}",
+                                     f"--task_index={index}"], stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc, log
+
+    def close(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def tasks(tmp_path):
+    started = []
+
+    def make(args):
+        started.append(Tasks(tmp_path, args))
+        return started[-1]
+
+    yield make
+    for t in started:
+        t.close()
+
+
+def wait_for_line(log, pattern, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern!r} in {log} within {timeout} s:\n" + log.read_text()[-2000:])
+
+
+def test_a_killed_worker_started_again_lets_the_run_go_on(tmp_path, tasks):
+    data = make_data_dir(tmp_path, TEXT * 8)
+    args = [f"--data_dir={data}", f"--save_dir={tmp_path / 'save'}", f"--log_dir={tmp_path / 'logs'}",
+            *config_flags({**PER_WORKER, "num_epochs": 3, "print_every": 10})]
+    cluster = tasks(args)
+    ps, ps_log = cluster.start("ps", 0)
+    chief, chief_log = cluster.start("worker", 0)
+    worker, worker_log = cluster.start("worker", 1)
+    wait_for_line(worker_log, r"worker 1: step 20/", worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again, again_log = cluster.start("worker", 1)
+    for proc in (again, chief, ps):
+        assert proc.wait(timeout=180) == 0, (again_log.read_text() + chief_log.read_text())[-4000:]
+    total = int(re.search(r"training: \d+ batches/epoch, 3 epochs, (\d+) steps", chief_log.read_text())[1])
+    assert f"complete: step {total}/{total}" in chief_log.read_text()
+    assert re.search(r"worker 1: joining the run at step \d+", again_log.read_text())
+    assert f"worker 1: step {total}/{total}" in again_log.read_text()
+    assert "every worker is done" in ps_log.read_text()
+
+
+def test_a_failing_task_stops_the_whole_local_cluster(tmp_path):
+    """Every worker refuses a missing data folder; the ps, left waiting, is stopped, and the
+    launcher exits non-zero with every task reaped."""
+    result, _, _ = local_cluster(tmp_path, str(tmp_path / "missing"), "fail", timeout=120)
+    assert result.returncode != 0
+    assert re.search(r"\[worker\d\] charrnn-train: error: worker \d.*: ", result.stderr)
+    assert "stopping the other tasks" in result.stderr
+    for port in ports_of(result.stderr):
+        clusters.check_port_free(port, "a stopped task")
+
+
+# ---------------------------------------------------------------- the description and its errors
+
+def test_flags_describe_the_cluster_and_worker_0_is_the_chief():
+    c = clusters.describe("a:1,b:2", "c:3,d:4,e:5", "worker", 2)
+    assert (c.ps, c.workers, c.job, c.index, c.is_chief) == (("a:1", "b:2"), ("c:3", "d:4", "e:5"), "worker", 2, False)
+    assert clusters.describe("a:1", "c:3", "worker", None).is_chief  # --task_index defaults to 0
+    assert clusters.describe(None, None, None, None, None) is None  # a single process
+    assert clusters.describe(None, None, None, None, "") is None
+
+
+def test_tf_config_describes_the_cluster_with_its_chief_as_worker_0():
+    spec = {"chief": ["ch:1"], "worker": ["w0:2", "w1:3"], "ps": ["p0:4"]}
+    chief = clusters.describe(tf_config=json.dumps({"cluster": spec, "task": {"type": "chief", "index": 0}}))
+    assert chief.workers == ("ch:1", "w0:2", "w1:3") and chief.is_chief and chief.source == "TF_CONFIG"
+    worker = clusters.describe(tf_config=json.dumps({"cluster": spec, "task": {"type": "worker", "index": 1}}))
+    assert (worker.job, worker.index, worker.address) == ("worker", 2, "w1:3")
+    ps = clusters.describe(tf_config=json.dumps({"cluster": spec, "task": {"type": "ps", "index": 0}}))
+    assert (ps.job, ps.index) == ("ps", 0)
+    no_chief = {"worker": ["w0:2", "w1:3"], "ps": ["p0:4"]}
+    first = clusters.describe(tf_config=json.dumps({"cluster": no_chief, "task": {"type": "worker", "index": 0}}))
+    assert first.is_chief
+    # Flags win over TF_CONFIG.
+    assert clusters.describe("x:1", "y:2", "ps", 0, json.dumps({"cluster": spec, "task": {"type": "chief"}})).ps == ("x:1",)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("a:1", "b:2", "chief", 0), r"--job_name 'chief': unknown job; use ps or worker"),
+    (("a:1", "b:2,c:3", "worker", 2), r"--task_index 2 is out of range: --worker_hosts lists 2 task\(s\)"),
+    (("a:1", "b:2", "ps", -1), r"--task_index -1 is out of range"),
+    (("", "b:2", "worker", 0), r"--ps_hosts is empty"),
+    (("a:1", "b:2", None, 0), r"missing --job_name"),
+    ((None, "b:2", "worker", 0), r"missing --ps_hosts"),
+    (("a", "b:2", "worker", 0), r"--ps_hosts: 'a' is not host:port"),
+    (("a:1", "b:70000", "worker", 0), r"'b:70000' is not host:port"),
+    (("a:1", "a:1", "worker", 0), r"a:1 is given to more than one task"),
+])
+def test_wrong_cluster_flags_are_one_line_errors(args, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        clusters.describe(*args)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", r"TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"ps": ["p:1"]}}', r"needs a 'cluster' object and a 'task' object"),
+    ('{"cluster": {"ps": ["p:1"], "worker": ["w:2"], "evaluator": ["e:3"]}, "task": {"type": "worker"}}',
+     r"unknown job\(s\) \['evaluator'\]"),
+    ('{"cluster": {"ps": ["p:1"], "worker": ["w:2"]}, "task": {"type": "worker", "index": 1}}',
+     r"task index 1 is out of range: cluster.worker lists 1 task"),
+    ('{"cluster": {"ps": ["p:1"], "worker": ["w:2"]}, "task": {"type": "master", "index": 0}}',
+     r"task type 'master' is unknown"),
+    ('{"cluster": {"worker": ["w:2"]}, "task": {"type": "worker", "index": 0}}', r"cluster.ps is empty"),
+    ('{"cluster": {"ps": ["p:1"], "chief": ["a:2", "b:3"]}, "task": {"type": "chief"}}', r"one chief"),
+])
+def test_a_wrong_tf_config_is_a_one_line_error(tf_config, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        clusters.describe(tf_config=tf_config)
+    assert "\n" not in str(error.value)
+
+
+def test_a_taken_port_and_a_silent_host_are_one_line_errors():
+    holder = socket.socket()
+    holder.bind(("0.0.0.0", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError, match=rf"port {port} of worker 0 .* is already taken"):
+            clusters.check_port_free(port, "worker 0 (127.0.0.1:%d)" % port)
+    finally:
+        holder.close()
+    silent = clusters.free_ports(1)[0]
+    with pytest.raises(ConfigError, match=rf"ps 0 at 127.0.0.1:{silent} did not answer within 0.5 s "
+                                          r"\(--cluster_timeout\)"):
+        clusters.wait_for_hosts([("ps 0", f"127.0.0.1:{silent}")], 0.5, lambda line: None, "--ps_hosts")
+
+
+def test_the_command_refuses_wrong_cluster_flags_in_one_line(tmp_path):
+    result = run_cli("charrnn-train", "--ps_hosts=127.0.0.1:1", "--worker_hosts=127.0.0.1:2",
+                     "--job_name=worker", "--task_index=5", f"--save_dir={tmp_path / 'save'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "charrnn-train: error: --task_index 5 is out of range: --worker_hosts lists 1 task(s), indices 0 to 0"]
+    bad = run_cli("charrnn-train", "--local_cluster=1,0")
+    assert bad.returncode == 2 and "--local_cluster '1,0': give PS,WORKERS" in bad.stderr
+    assert not (tmp_path / "save").exists()
+
+
+def test_the_kubernetes_example_is_one_cluster_behind_its_network_policy():
+    """examples/kubernetes: each pod's TF_CONFIG describes the same cluster, with this pod as its
+    task; every address is a Service selecting exactly that pod, on the port the pod opens and
+    the NetworkPolicy admits, only from the job's own pods."""
+    import os
+
+    import yaml
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "kubernetes", "charrnn-cluster.yaml")
+    with open(path) as f:
+        documents = list(yaml.safe_load_all(f))
+    by_kind = {}
+    for doc in documents:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    (policy,), services, pods = by_kind["NetworkPolicy"], by_kind["Service"], by_kind["Pod"]
+    job = policy["spec"]["podSelector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": job}}]  # only the job's own pods
+    admitted = {p["port"] for p in rule["ports"]}
+
+    described = {}
+    for pod in pods:
+        labels = pod["metadata"]["labels"]
+        assert job.items() <= labels.items()  # the policy covers every pod
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        cluster = clusters.describe(tf_config=env["TF_CONFIG"])
+        host, port = cluster.address.rsplit(":", 1)
+        assert {int(port)} == {p["containerPort"] for p in container["ports"]} <= admitted
+        (service,) = [s for s in services if s["metadata"]["name"] == host]
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert [p for p in pods if service["spec"]["selector"].items() <= p["metadata"]["labels"].items()] == [pod]
+        described[pod["metadata"]["name"]] = cluster
+        if cluster.job == "worker":
+            assert container["command"][0] == "charrnn-train"
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            assert mounts["data"]["readOnly"]
+    first = next(iter(described.values()))
+    assert all((c.ps, c.workers) == (first.ps, first.workers) for c in described.values())
+    assert sorted((c.job, c.index) for c in described.values()) == [("ps", 0), ("worker", 0), ("worker", 1)]
+    assert described["charrnn-chief-0"].is_chief
+
+
+def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_process(tmp_path):
+    """The cell type, the step-budget schedule and AdamW reach the workers and the chief's update:
+    the learning rate ends where one process's does, exactly, and the weights agree with one
+    process of twice the batch (to the ~1e-4 that separates TF1's sparse Adam on the cell graph's
+    embedding gradient from the dense one the workers send)."""
+    data = make_data_dir(tmp_path, TEXT)
+    extra = dict(model="gru", decay_schedule="cosine", warmup_steps=2, weight_decay=0.1)
+    result, save, _ = local_cluster(tmp_path, data, "gru", *config_flags(extra)[:-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = str(tmp_path / "single")
+    config = tiny_config(**{**PER_WORKER, **extra, "batch_size": 2 * PER_WORKER["batch_size"]})
+    trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
+    cluster_tensors, single_tensors = checkpoint_tensors(save), checkpoint_tensors(single)
+    assert cluster_tensors.keys() == single_tensors.keys()
+    assert not any("/c" in name.rsplit("layer_", 1)[-1] for name in cluster_tensors if "state" in name)
+    assert cluster_tensors["model/learning_rate"] == single_tensors["model/learning_rate"]
+    for name, value in single_tensors.items():
+        np.testing.assert_allclose(cluster_tensors[name], value, atol=1e-3, err_msg=name)
