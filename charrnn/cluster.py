@@ -382,14 +382,14 @@ def launch_local(num_ps, num_workers, command, log, grace=60.0):
     status = None
     with _Stop() as stop:
         try:
-            for job, index in tasks:
-                prefix = f"[{job}{index}] "
-                proc = subprocess.Popen(command + cluster_flags + [f"--job_name={job}", f"--task_index={index}"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        bufsize=1, start_new_session=True)
-                procs[(job, index)] = proc
+            for job, index in tasks:  # every task first: preexec_fn is safe only without other threads
+                procs[(job, index)] = subprocess.Popen(
+                    command + cluster_flags + [f"--job_name={job}", f"--task_index={index}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                    start_new_session=True, preexec_fn=_die_with_parent)
+            for (job, index), proc in procs.items():
                 for source, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
-                    pump = threading.Thread(target=_pump, args=(source, sink, prefix), daemon=True)
+                    pump = threading.Thread(target=_pump, args=(source, sink, f"[{job}{index}] "), daemon=True)
                     pump.start()
                     pumps.append(pump)
             status = _supervise(procs, stop, log, grace)
@@ -401,6 +401,17 @@ def launch_local(num_ps, num_workers, command, log, grace=60.0):
             for pump in pumps:
                 pump.join(timeout=5)
     return status if status is not None else 1
+
+
+def _die_with_parent():
+    """In a task just forked by the launcher: be killed if the launcher dies, however it dies
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing), so no task outlives it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _pump(source, sink, prefix):

@@ -75,6 +75,17 @@ class ModelWeights:
             self.softmax_b = tf1.get_variable("softmax_b", [V], initializer=tf1.zeros_initializer())
         self._lstm = None
 
+    @classmethod
+    def from_values(cls, config, values):
+        """The same interface over tensors (``values`` in the order of :attr:`trainable`), e.g. the
+        weights' values read once, for a compiled function to take as inputs. The layerwise graph
+        can use it; the cell graph cannot (LSTMCell reads its own variables)."""
+        view = cls.__new__(cls)
+        view.config = config
+        view.embedding, view.softmax_w, view.softmax_b, *lstm = values
+        view._lstm = list(zip(lstm[0::2], lstm[1::2]))
+        return view
+
     def _kernel_initializer(self, layer):
         _, tf1 = load()
         if self.config.model != "gru":

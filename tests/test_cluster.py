@@ -117,6 +117,24 @@ def listening_sockets():
     return listening
 
 
+def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_process(tmp_path):
+    """On a cluster --xla auto compiles each worker's forward and backward pass (the weights
+    read on the worker first: XLA cannot capture a variable on a ps); the result is still the
+    single process's, to XLA's float rounding."""
+    data = make_data_dir(tmp_path, TEXT)
+    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla=auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[worker0] xla: auto chose XLA for each worker's forward and backward pass" in result.stderr
+    with open(f"{save}/config.json") as f:
+        assert json.load(f)["config"]["xla"] is True  # a single-machine resume compiles its step too
+    single = str(tmp_path / "single")
+    config = tiny_config(**{**PER_WORKER, "batch_size": 2 * PER_WORKER["batch_size"], "rnn_impl": "layerwise"})
+    trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
+    single_tensors = checkpoint_tensors(single)
+    for name, value in checkpoint_tensors(save).items():
+        np.testing.assert_allclose(value, single_tensors[name], rtol=1e-5, atol=2e-6, err_msg=name)
+
+
 def test_the_chiefs_save_dir_samples_evaluates_and_resumes_on_one_machine(two_workers, tmp_path):
     _, data, result, save = two_workers
     assert result.returncode == 0, result.stderr[-3000:]
@@ -147,7 +165,7 @@ def test_a_cluster_stopped_and_started_again_ends_as_if_never_stopped(two_worker
     second, save, _ = local_cluster(tmp_path, data, "resumed")
     assert second.returncode == 0, second.stderr[-3000:]
     assert "training: 8 batches/epoch, 1 epochs, 8 steps; starting at step 3" in second.stderr
-    assert "carried state of its 4 streams continues from the checkpoint (step 3)" in second.stderr
+    assert "carried state of its 4 streams is restored, not reset: it continues at step 4" in second.stderr
     assert_identical(checkpoint_tensors(save), checkpoint_tensors(reference))
 
 
@@ -215,7 +233,7 @@ def test_a_killed_worker_started_again_lets_the_run_go_on(tmp_path, tasks):
         assert proc.wait(timeout=180) == 0, (again_log.read_text() + chief_log.read_text())[-4000:]
     total = int(re.search(r"training: \d+ batches/epoch, 3 epochs, (\d+) steps", chief_log.read_text())[1])
     assert f"complete: step {total}/{total}" in chief_log.read_text()
-    assert re.search(r"worker 1: joining the run at step \d+", again_log.read_text())
+    assert re.search(r"worker 1: the carried state of its 4 streams is restored, not reset", again_log.read_text())
     assert f"worker 1: step {total}/{total}" in again_log.read_text()
     assert "every worker is done" in ps_log.read_text()
 
@@ -360,6 +378,23 @@ def test_the_kubernetes_example_is_one_cluster_behind_its_network_policy():
     assert all((c.ps, c.workers) == (first.ps, first.workers) for c in described.values())
     assert sorted((c.job, c.index) for c in described.values()) == [("ps", 0), ("worker", 0), ("worker", 1)]
     assert described["charrnn-chief-0"].is_chief
+
+
+def test_a_single_machine_run_continues_on_workers_that_share_its_streams(tmp_path):
+    """Resumed by a cluster, a run keeps its layout: W workers take its streams in W equal
+    parts (worker i the i-th), or the command says why they cannot."""
+    data = make_data_dir(tmp_path, TEXT)
+    save = str(tmp_path / "save")
+    config = tiny_config(batch_size=6)
+    trainer.train(trainer.prepare(config, data, save), save, str(tmp_path / "logs"), max_steps=1)
+    whole = trainer.prepare(config, data, save).train
+    second = trainer.prepare(tiny_config(), data, save, replica=(1, 2)).train  # --batch_size not given
+    assert second.batch_size == 3 and second.num_batches == whole.num_batches
+    for a, b in zip(second.batch(0), whole.batch(0)):
+        np.testing.assert_array_equal(a, b[3:])
+    with pytest.raises(ConfigError, match=r"the run has 6 streams \(--batch_size\), which 4 workers cannot share "
+                                          r"evenly"):
+        trainer.prepare(tiny_config(), data, save, replica=(0, 4))
 
 
 def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_process(tmp_path):
