@@ -180,8 +180,9 @@ class ModelWeights:
         return self.kernels[layer][self.config.hidden_size:]  # (H, 4H)
 
     def cell_stack(self, dropout=False):
-        """A MultiRNNCell of LSTMCells over these weights; with ``dropout``, each layer's output
-        is multiplied by a mask that arrives beside the input (see _masked_cell_class)."""
+        """A MultiRNNCell of LSTMCells (GRUCells, BasicRNNCells for --model gru, rnn) over these
+        weights; with ``dropout``, each layer's output is multiplied by a mask that arrives beside
+        the input (see _masked_cell_class)."""
         _, tf1 = load()
         H, model = self.config.hidden_size, self.config.model
         if model == "lstm":
