@@ -438,7 +438,7 @@ class Trainer:
 
         progress = _Progress(self)
         steps_this_run = 0
-        loss = val_loss = None
+        loss = val_loss = validated = None
         status = "complete"
         while self.step < self.total_steps:
             step_start = time.perf_counter()
@@ -453,13 +453,16 @@ class Trainer:
                 progress.report(steps_this_run)
             if self.eval_model is not None and (step % c.eval_every == 0 or end_of_epoch
                                                 or step == self.total_steps):
-                val_loss = self.validate()
+                val_loss, validated = self.validate(), step
             status = self.stop_reason(steps_this_run, max_steps, max_minutes) or status
             if status != "complete":
                 break
             if step % c.save_every == 0 and step < self.total_steps:
                 self.save()
 
+        if status in ("max_steps", "max_minutes") and self.eval_model is not None and validated != self.step:
+            # A budgeted run ends with the number it was run for: the weights it stops with.
+            val_loss = self.validate()
         path = self.save()
         _plot(self.summaries, self.rundir.plot_path)
         minutes = (time.time() - self.started) / 60

@@ -165,6 +165,19 @@ def test_validation_best_checkpoint_and_summaries(write_data, tmp_path):
     assert {"loss", "bits_per_char"} <= tags("val")
 
 
+def test_a_run_stopped_by_its_budget_is_validated_at_the_step_it_stops(write_data, tmp_path):
+    """--max_steps between two evaluations still ends with the validation loss of the weights it
+    stops with (a budgeted schedule's last steps would otherwise never be scored), once."""
+    data = write_data(TEXT * 2)
+    save, logs = str(tmp_path / "save"), str(tmp_path / "logs")
+    config = tiny_config(val_frac=0.2, eval_every=5, num_epochs=3)
+    _, result = _train(config, data, save, logs, max_steps=7)
+    assert result.status == "max_steps" and [h["step"] for h in result.history] == [5, 7]
+    assert result.val_loss == pytest.approx(result.history[-1]["val_loss"], abs=1e-4) and result.best[0] == 7
+    _, result = _train(config, data, save, logs, max_steps=3)  # stops on an evaluation step: once
+    assert [h["step"] for h in result.history] == [10]
+
+
 def test_patience_stops_training(write_data, tmp_path):
     data = write_data(TEXT * 2)
     config = tiny_config(val_frac=0.2, eval_every=1, num_epochs=50, learning_rate=0.5, patience=2)
