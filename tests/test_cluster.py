@@ -13,6 +13,7 @@ import pytest
 
 from charrnn import cluster as clusters
 from charrnn import train as trainer
+from charrnn.config import Config
 from charrnn.errors import ConfigError
 from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
 
@@ -415,3 +416,44 @@ def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_proce
     assert cluster_tensors["model/learning_rate"] == single_tensors["model/learning_rate"]
     for name, value in single_tensors.items():
         np.testing.assert_allclose(cluster_tensors[name], value, atol=1e-3, err_msg=name)
+
+
+def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_ends_the_run(tmp_path):
+    """--nosync_replicas: each worker applies its own gradient, moving the shared global step;
+    --max_steps counts global steps, every task exits 0, and the chief's save directory (which
+    records the choice) samples on one machine. An epoch is W batches of one worker in global
+    steps, and the rate each update used follows the schedule at the global step."""
+    data = make_data_dir(tmp_path, TEXT)
+    schedule = ["--decay_schedule=linear", "--warmup_steps=2", "--num_epochs=2", "--nosync_replicas"]
+    result, save, _ = local_cluster(tmp_path, data, "async", *schedule, "--max_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    assert "[worker0] asynchronous updates: each of the 2 workers applies its own gradient; an epoch is 16 " \
+           "global steps" in err
+    assert "[worker0] schedule: linear decay to step 32 (--num_epochs 2 x 16 global steps" in err
+    assert "[ps0] ps 0: every worker is done; exiting" in err
+    chief_steps = int(re.search(r"\[worker0\] max_steps: step (\d+)/32", err)[1])
+    assert chief_steps >= 20
+    own = int(re.search(r"\[worker1\] worker 1: (?:stopped by the chief|the run reached step \d+/32) after "
+                        r"(\d+) update\(s\) of its own", err)[1])
+    assert own >= 1
+    tensors = checkpoint_tensors(save)
+    step = int(tensors["model/global_step"])
+    assert 20 <= step <= chief_steps + own
+    with open(f"{save}/config.json") as f:
+        config = Config.from_dict(json.load(f)["config"], "config.json")
+    assert config.sync_replicas is False and config.decay_steps == 32
+    # The last rate assigned is the schedule's at a global step one of the last updates saw.
+    rates = [trainer.learning_rate_at(config, 16, s) for s in range(step - 2 * own - 2, step)]
+    assert min(abs(tensors["model/learning_rate"] - r) for r in rates) < 1e-9
+    assert tensors["model/learning_rate"] < trainer.learning_rate_at(config, 16, 2) / 2  # late in the decay
+    sampled = run_cli("charrnn-sample", "--save_dir", save, "--n", "20", "--prime", "It")
+    assert sampled.returncode == 0 and sampled.stdout.startswith("It"), sampled.stderr
+    # The same command resumes it asynchronously (config.json keeps the choice), each worker
+    # at global step // 2 of its own batches, and ends the run on the global step.
+    again, _, _ = local_cluster(tmp_path, data, "async", *schedule[:-1])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[worker1] worker 1: asynchronous resume at global step" in again.stderr
+    assert "[worker0] asynchronous updates" in again.stderr
+    assert re.search(r"\[worker0\] complete: step 3\d/32", again.stderr)
+    assert int(checkpoint_tensors(save)["model/global_step"]) >= 32
