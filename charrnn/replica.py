@@ -38,7 +38,8 @@ import time
 
 import numpy as np
 
-from charrnn.cluster import done_queue, start_server, wait_for_hosts
+from charrnn.autotune import choose_xla
+from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
 from charrnn.errors import ConfigError
 from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dropout_masks,
                            model_scope, training_loss)
@@ -430,9 +431,9 @@ def run_task(run, cluster, save_dir, log_dir, max_steps=None, max_minutes=None, 
     """Run this process's worker task of ``cluster`` on ``run`` (prepared with its replica
     rows): the chief trains, validates and saves like a single process; the others train their
     streams until the chief stops them. Returns the chief's TrainResult, None on other workers."""
-    run = _cluster_xla(run)
     server = start_server(cluster, log)
     wait_for_hosts([(f"ps {p}", a) for p, a in enumerate(cluster.ps)], timeout, log, "--ps_hosts")
+    run = _cluster_xla(run, cluster, server, timeout)
     if cluster.is_chief:
         try:
             return train(run, save_dir, log_dir, max_steps, max_minutes,
@@ -461,17 +462,27 @@ def _compiled(config):
     return bool(config.xla) and config.rnn_impl == "layerwise"
 
 
-def _cluster_xla(run):
-    """Decide --xla for a cluster, the same way in every task (no timing: the tasks could not
-    agree on one). The layerwise graph compiles each worker's forward and backward pass, with the
-    weights read first (measured 11% faster per global step here, README); the cell graph cannot
-    be compiled there: LSTMCell reads its own variables, which live on the ps tasks."""
+def _cluster_xla(run, cluster, server, timeout):
+    """Decide --xla for a cluster, once for every task. The layerwise graph can compile each
+    worker's forward and backward pass, with the weights read first; with --xla auto the chief
+    times the single-process step of one worker's batch with and without XLA
+    (charrnn.autotune.choose_xla: a proxy, the compiled share being most of that step) and every
+    other worker takes the chief's choice, which the chief publishes on ps 0 before it builds its
+    graph (always, so that a worker without the save directory follows a resumed chief too). The
+    cell graph cannot be compiled there: LSTMCell reads its own variables, which live on the ps
+    tasks."""
     c = run.config
     if c.rnn_impl == "layerwise":
-        if c.xla is None:
-            log("xla: auto chose XLA for each worker's forward and backward pass (layerwise graph on a cluster)")
-            return dataclasses.replace(run, config=dataclasses.replace(c, xla=True))
-        return run
+        if cluster.is_chief:
+            if c.xla is None:
+                per_worker = dataclasses.replace(c, batch_size=run.train.batch_size)
+                c = dataclasses.replace(c, xla=choose_xla(per_worker, run.train, log)[0])
+            _publish_xla(cluster, server, c.xla)
+            log(f"xla: {_xla_words(c.xla)}, for every worker (the chief's choice)")
+        elif c.xla is None:
+            c = dataclasses.replace(c, xla=_published_xla(cluster, server, timeout))
+            log(f"xla: {_xla_words(c.xla)}, as the chief (worker 0) chose")
+        return dataclasses.replace(run, config=c)
     if c.xla is None:
         log("xla: off (on a cluster only --rnn_impl layerwise compiles: LSTMCell reads its own variables, "
             "which live on the ps tasks)")
@@ -480,6 +491,47 @@ def _cluster_xla(run):
         log("xla: the cell graph runs without XLA on a cluster (--rnn_impl layerwise compiles); config.json "
             "keeps --xla for single-machine runs")
     return run
+
+
+def _xla_words(xla):
+    return "XLA for each worker's forward and backward pass" if xla else "no XLA"
+
+
+def _xla_choice():
+    """The chief's --xla for the layerwise graph, a variable on ps 0 in a graph of its own (the
+    same name in every task makes it one variable there); never saved."""
+    tf, tf1 = load()
+    with tf1.device(task_device("ps", 0)):
+        return tf1.get_variable("cluster_xla_choice", [], tf.bool, trainable=False, collections=[],
+                                initializer=tf1.constant_initializer(False))
+
+
+def _publish_xla(cluster, server, xla):
+    tf, tf1 = load()
+    graph = tf.Graph()
+    with graph.as_default():
+        choice = _xla_choice()
+        publish = choice.assign(xla)
+    with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
+        session.run(publish)
+
+
+def _published_xla(cluster, server, timeout, poll_seconds=0.25):
+    """The chief's published --xla, waiting for it up to ``timeout`` seconds."""
+    tf, tf1 = load()
+    graph = tf.Graph()
+    with graph.as_default():
+        choice = _xla_choice()
+        published = tf1.is_variable_initialized(choice)
+    deadline = time.monotonic() + timeout
+    with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
+        log(f"{cluster.name}: waiting for the chief's --xla auto choice")
+        while not session.run(published):
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not publish its --xla auto "
+                                  f"choice within {timeout:g} s (--cluster_timeout); start it or check its log")
+            time.sleep(poll_seconds)
+        return bool(session.run(choice))
 
 
 def _work(run, cluster, server, timeout):

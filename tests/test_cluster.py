@@ -119,13 +119,15 @@ def listening_sockets():
 
 
 def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_process(tmp_path):
-    """On a cluster --xla auto compiles each worker's forward and backward pass (the weights
-    read on the worker first: XLA cannot capture a variable on a ps); the result is still the
-    single process's, to XLA's float rounding."""
+    """On a cluster --xla compiles each worker's forward and backward pass (the weights read on
+    the worker first: XLA cannot capture a variable on a ps); the result is still the single
+    process's, to XLA's float rounding."""
     data = make_data_dir(tmp_path, TEXT)
-    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla=auto")
+    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[worker0] xla: auto chose XLA for each worker's forward and backward pass" in result.stderr
+    assert "[worker0] xla: XLA for each worker's forward and backward pass, for every worker (the chief's " \
+           "choice)" in result.stderr
+    assert "waiting for the chief's --xla auto choice" not in result.stderr  # given: nothing to wait for
     with open(f"{save}/config.json") as f:
         assert json.load(f)["config"]["xla"] is True  # a single-machine resume compiles its step too
     single = str(tmp_path / "single")
@@ -457,3 +459,22 @@ def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_en
     assert "[worker0] asynchronous updates" in again.stderr
     assert re.search(r"\[worker0\] complete: step 3\d/32", again.stderr)
     assert int(checkpoint_tensors(save)["model/global_step"]) >= 32
+
+
+def test_with_xla_auto_the_chief_times_both_and_every_worker_takes_its_choice(tmp_path):
+    """--xla auto on a layerwise cluster: the chief times the step with and without XLA before
+    building its graph and publishes the choice on ps 0; the other worker waits for it, logs
+    it and builds the same graph; config.json records it."""
+    data = make_data_dir(tmp_path, TEXT)
+    result, save, _ = local_cluster(tmp_path, data, "auto", "--rnn_impl=layerwise", "--xla=auto",
+                                    "--max_steps=2", spec="1,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    timed = re.search(r"\[worker0\] xla: auto chose (XLA|no XLA) \([\d.]+ ms/step with XLA, [\d.]+ without", err)
+    assert timed, err[-3000:]
+    words = "XLA for each worker's forward and backward pass" if timed[1] == "XLA" else "no XLA"
+    assert f"[worker0] xla: {words}, for every worker (the chief's choice)" in err
+    for worker in (1, 2):
+        assert f"[worker{worker}] xla: {words}, as the chief (worker 0) chose" in err
+    with open(f"{save}/config.json") as f:
+        assert json.load(f)["config"]["xla"] is (timed[1] == "XLA")
