@@ -1,7 +1,8 @@
-"""Scaling of synchronous cluster training on one machine: 1 ps + 1, 2, 4 workers on loopback.
+"""Scaling of cluster training on one machine: 1 ps + 1, 2, 4 workers on loopback.
 
 usage: python bench/cluster.py [--workers 1,2,4] [--steps 40] [--print_every 10]
        [--hidden_size 128] [--num_layers 2] [--batch_size 16] [--seq_length 50]
+       [--modes sync|async|sync,async]
 
 For each worker count W, ``charrnn-train --local_cluster 1,W`` trains on a copy of the bundled
 data/shakespeare.txt for --steps global steps, each worker with --batch_size streams; before
@@ -17,6 +18,11 @@ and computed from the graph's variable sizes (no measurement): bytes per global 
 from the ps tasks. Each worker reads every weight and sends a dense gradient of every weight, its
 streams' rows of the state snapshot and its loss; the averaging, clipping and Adam run on the ps
 tasks (only scalars of the global norm cross between ps tasks). Prints one JSON object.
+
+With --modes async (--nosync_replicas) a global step is one worker's update of its own batch,
+and each task's lines give its own ms per update: the global rate is the sum of the workers'
+rates (so ms per global step = 1 / that sum); each update reads every weight and sends one
+gradient, so the bytes per global step are one worker's.
 """
 import json
 import os
@@ -42,11 +48,13 @@ flags.DEFINE_integer("hidden_size", 128, "LSTM units per layer.")
 flags.DEFINE_integer("num_layers", 2, "LSTM layers.")
 flags.DEFINE_integer("batch_size", 16, "Streams per worker.")
 flags.DEFINE_integer("seq_length", 50, "Characters per stream per step.")
+flags.DEFINE_string("modes", "sync", "Cluster update modes to run: sync, async (--nosync_replicas) or both.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "data", "shakespeare.txt")
 CHIEF_LINE = re.compile(r"step \d+/\d+ .* ([\d.]+) ms/step +([\d,]+) chars/s")
 WORKER_LINE = re.compile(r"worker \d+: step \d+/\d+ .* ([\d.]+) ms/step computing, ([\d.]+) ms/step waiting")
+ASYNC_WORKER_LINE = re.compile(r"worker \d+: global step \d+/\d+ .* ([\d.]+) ms/step$", re.MULTILINE)
 
 
 def command(name):
@@ -115,19 +123,42 @@ def main():
             results["single"][f"batch_{batch}"] = {
                 "ms_per_step": round(statistics.mean(ms for ms, _ in found), 1),
                 "chars_per_sec": round(statistics.mean(cps for _, cps in found))}
+        modes = FLAGS.modes.split(",")
+        if not set(modes) <= {"sync", "async"}:
+            raise ConfigError(f"--modes {FLAGS.modes!r}: use sync, async or sync,async")
         for w in counts:
-            text = run([f"--local_cluster=1,{w}", *train_flags(work, f"cluster{w}", FLAGS.batch_size)])
-            chief = windows(CHIEF_LINE, "\n".join(line for line in text.splitlines() if line.startswith("[worker0]")))
-            others = [found for i in range(1, w) for found in windows(WORKER_LINE, "\n".join(
-                line for line in text.splitlines() if line.startswith(f"[worker{i}]")))]
-            entry = {"ms_per_global_step": round(statistics.mean(ms for ms, _ in chief), 1),
-                     "global_chars_per_sec": round(statistics.mean(cps for _, cps in chief)),
-                     **traffic(w, FLAGS.batch_size)}
-            if others:
-                entry["other_workers_ms_computing"] = round(statistics.mean(c for c, _ in others), 1)
-                entry["other_workers_ms_waiting"] = round(statistics.mean(x for _, x in others), 1)
-            results["cluster"][f"{w}_workers"] = entry
-            print(f"{w} worker(s): {entry}", file=sys.stderr, flush=True)
+            for mode in modes:
+                name = f"{w}_workers" + ("_async" if mode == "async" else "")
+                extra = ["--nosync_replicas"] if mode == "async" else []
+                text = run([f"--local_cluster=1,{w}", *train_flags(work, f"cluster{name}", FLAGS.batch_size), *extra])
+                chief = windows(CHIEF_LINE, "\n".join(line for line in text.splitlines()
+                                                      if line.startswith("[worker0]")))
+                if mode == "async":
+                    # The chief's lines count its own updates only: each worker's rate of updates
+                    # of B*T characters, summed, is the global rate.
+                    chief_ms = statistics.mean(ms for ms, _ in chief)
+                    other_ms = [statistics.mean(c for (c,) in windows(ASYNC_WORKER_LINE, "\n".join(
+                        line for line in text.splitlines() if line.startswith(f"[worker{i}]"))))
+                        for i in range(1, w)]
+                    rate = sum(1000 / ms for ms in [chief_ms, *other_ms])  # updates (global steps) per s
+                    entry = {"ms_per_global_step": round(1000 / rate, 1),
+                             "global_chars_per_sec": round(rate * FLAGS.batch_size * FLAGS.seq_length),
+                             "chief_ms_per_update": round(chief_ms, 1), **traffic(1, FLAGS.batch_size)}
+                    if other_ms:
+                        entry["other_workers_ms_per_update"] = round(statistics.mean(other_ms), 1)
+                    results["cluster"][name] = entry
+                    print(f"{name}: {entry}", file=sys.stderr, flush=True)
+                    continue
+                others = [found for i in range(1, w) for found in windows(WORKER_LINE, "\n".join(
+                    line for line in text.splitlines() if line.startswith(f"[worker{i}]")))]
+                entry = {"ms_per_global_step": round(statistics.mean(ms for ms, _ in chief), 1),
+                         "global_chars_per_sec": round(statistics.mean(cps for _, cps in chief)),
+                         **traffic(w, FLAGS.batch_size)}
+                if others:
+                    entry["other_workers_ms_computing"] = round(statistics.mean(c for c, _ in others), 1)
+                    entry["other_workers_ms_waiting"] = round(statistics.mean(x for _, x in others), 1)
+                results["cluster"][name] = entry
+                print(f"{name}: {entry}", file=sys.stderr, flush=True)
         print(json.dumps(results, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)

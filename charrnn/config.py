@@ -105,6 +105,12 @@ class Config:
                        auto="timed at start-up", absent=True)
     deterministic: bool = _field(False, "Use TensorFlow's op determinism, so a resumed run is "
                                  "bit-identical on any device (on CPUs it already is).")
+    # Training on a cluster (issue 12): a config.json without it ran on one machine, where it
+    # changes nothing.
+    sync_replicas: bool = _field(True, "On a cluster, synchronous updates: each global step takes "
+                                 "exactly one gradient from every worker (--nosync_replicas: each "
+                                 "worker applies its own gradient as soon as it has it, and a global "
+                                 "step is one worker's batch). No effect on one machine.")
     # Bookkeeping.
     print_every: int = _field(50, "Steps between progress lines and summaries.", above=0)
     save_every: int = _field(500, "Steps between checkpoints.", above=0)

@@ -23,22 +23,28 @@ skipped, and the chief drives every step from its own loop: no queue runner, who
 not depend on fed batches. When the chief stops it puts -1 into every token queue, and each
 worker, the chief last, puts one item into each ps task's done queue (see charrnn/cluster.py).
 
+With --nosync_replicas (asynchronous updates) there are no tokens and no accumulators: each
+worker clips its own gradient and applies it with Adam to the weights on the ps, incrementing
+the global step, and trains its streams at its own pace (see _OwnPace, AsyncChiefTrainer).
+
 Each worker records on ps 0 the last step its gradient went in for, so a worker killed and
 started again knows whether the step in progress still needs its gradient. With the layerwise
 graph and --xla, each worker's forward and backward pass is one XLA cluster over the weights'
 values read on the worker (XLA cannot capture a variable that lives on a ps).
 """
 import dataclasses
+import functools
 import time
 
 import numpy as np
 
-from charrnn.cluster import done_queue, start_server, wait_for_hosts
+from charrnn.autotune import choose_xla
+from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
 from charrnn.errors import ConfigError
 from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dropout_masks,
                            model_scope, training_loss)
 from charrnn.tfcompat import load
-from charrnn.train import Trainer, log, train
+from charrnn.train import Trainer, learning_rate_at, log, train
 
 STOP = -1  # the token that ends a worker's loop
 # Sessions a task leaves open until its process ends: closing one whose ps task has already
@@ -75,6 +81,7 @@ class ReplicaTrainGraph:
     The chief: ``reset_records`` and ``enqueue_tokens`` (feed ``next_step``), ``stop_workers``,
     ``update`` with ``loss`` and ``grad_norm`` (the mean loss over all streams and the
     aggregated gradient's norm before clipping; feed ``step``), :meth:`assign_lr`.
+    With ``config.sync_replicas`` off, no tokens nor accumulators: see :meth:`_asynchronous`.
     """
 
     def __init__(self, config, cluster, xla=False):
@@ -82,7 +89,7 @@ class ReplicaTrainGraph:
         c, W, index = config, cluster.num_workers, cluster.index
         B, T = c.batch_size // W, c.seq_length
         rows = slice(index * B, (index + 1) * B)
-        self.is_chief, self.num_workers = cluster.is_chief, W
+        self.is_chief, self.num_workers, self.index = cluster.is_chief, W, index
         setter = tf1.train.replica_device_setter(cluster=cluster.spec(), worker_device=cluster.device,
                                                  ps_strategy=_BySize(cluster.num_ps))
         with tf1.device(setter), model_scope():
@@ -110,6 +117,17 @@ class ReplicaTrainGraph:
                                                   self.state.read(), masks, transposed)
                 # Dense (the embedding's gradient is IndexedSlices): the accumulators average tensors.
                 grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
+            carried = self.state.assign(final_state) + [
+                snap[rows].assign(value) for pair, s in zip(self.snapshot.variables, final_state)
+                for snap, value in zip(pair, tf.nest.flatten(s))]
+            self._records(cluster)
+            self.push_loss = loss
+            self.load_state = tf.group(*[v.assign(snap[rows]) for pair, snap_pair in
+                                         zip(self.state.variables, self.snapshot.variables)
+                                         for v, snap in zip(pair, snap_pair)], name="load_state")
+            if not c.sync_replicas:
+                self._asynchronous(c, params, grads, carried)
+                return
             accumulators = []
             for param in params:
                 with tf1.device(param.device):
@@ -117,31 +135,11 @@ class ReplicaTrainGraph:
                         tf.float32, param.shape, shared_name=f"{param.op.name}/grad_accumulator"))
             with tf1.device(cluster.ps_devices[0]):
                 loss_accumulator = tf1.ConditionalAccumulator(tf.float32, [], shared_name="model/loss_accumulator")
-            carried = self.state.assign(final_state) + [
-                snap[rows].assign(value) for pair, s in zip(self.snapshot.variables, final_state)
-                for snap, value in zip(pair, tf.nest.flatten(s))]
-            # The last step each worker's gradient went in for, so that a restarted worker knows
-            # whether the step in progress still needs its gradient. Not in any collection (never
-            # saved): the chief sets them when it starts, after any restore.
-            with tf1.device(cluster.ps_devices[0]):
-                self.pushed = [tf1.get_variable(f"pushed_step_{w}", [], tf.int64, trainable=False, collections=[],
-                                                initializer=tf1.constant_initializer(-1)) for w in range(W)]
-                # Set when the chief stops: a worker whose stop token was taken by a dead
-                # predecessor's dequeue (still pending on the ps) learns it here.
-                self.stopped = tf1.get_variable("stopped", [], tf.bool, trainable=False, collections=[],
-                                                initializer=tf1.constant_initializer(False))
-                # The last step the chief handed out: what such a worker computes instead.
-                self.handed = tf1.get_variable("handed_step", [], tf.int64, trainable=False, collections=[],
-                                               initializer=tf1.constant_initializer(-1))
             with tf.control_dependencies(carried):  # the snapshot is written before the chief can go on
                 pushes = [acc.apply_grad(g, local_step=self.step) for acc, g in zip(accumulators, grads)]
                 pushes.append(loss_accumulator.apply_grad(loss, local_step=self.step))
             with tf.control_dependencies(pushes):
                 self.push = tf.group(self.pushed[index].assign(self.step), name="push")
-            self.push_loss = loss
-            self.load_state = tf.group(*[v.assign(snap[rows]) for pair, snap_pair in
-                                         zip(self.state.variables, self.snapshot.variables)
-                                         for v, snap in zip(pair, snap_pair)], name="load_state")
 
             tokens = {}
             for w in range(1, W):
@@ -151,13 +149,8 @@ class ReplicaTrainGraph:
                                                   shared_name=f"token_queue_{w}", name=f"token_queue_{w}")
             if not self.is_chief:
                 self.token = tokens[index].dequeue()
-                # Ready when the chief has initialized or restored the variables and set the records.
-                self.ready = tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed
-                                                              + [self.stopped, self.handed])
+                self.ready = self._ready_op()
                 return
-            self.next_step = tf1.placeholder(tf.int64, [], "next_step")
-            self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed],
-                                          self.stopped.assign(False), self.handed.assign(self.next_step - 1))
             with tf.control_dependencies([self.handed.assign(self.next_step)]):
                 self.enqueue_tokens = tf.group(*[q.enqueue(self.next_step) for q in tokens.values()])
             with tf.control_dependencies([self.stopped.assign(True)]):
@@ -179,6 +172,58 @@ class ReplicaTrainGraph:
                 self.loss = tf.identity(mean_loss)
                 self.grad_norm = tf.identity(grad_norm)
             self.update = tf.group(self.loss, self.grad_norm, name="update")
+
+    def _records(self, cluster):
+        """The variables on ps 0 through which the chief and the workers coordinate (never saved:
+        the chief sets them when it starts, after any restore, with ``reset_records``); a
+        non-chief's ``ready``."""
+        tf, tf1 = load()
+        with tf1.device(cluster.ps_devices[0]):
+            # The last step each worker's gradient went in for, so that a restarted worker knows
+            # whether the step in progress still needs its gradient.
+            self.pushed = [tf1.get_variable(f"pushed_step_{w}", [], tf.int64, trainable=False, collections=[],
+                                            initializer=tf1.constant_initializer(-1))
+                           for w in range(cluster.num_workers)]
+            # Set when the chief stops: a worker whose stop token was taken by a dead
+            # predecessor's dequeue (still pending on the ps) learns it here; asynchronous
+            # workers, which take no tokens, look at it after each update.
+            self.stopped = tf1.get_variable("stopped", [], tf.bool, trainable=False, collections=[],
+                                            initializer=tf1.constant_initializer(False))
+            # The last step the chief handed out: what such a worker computes instead.
+            self.handed = tf1.get_variable("handed_step", [], tf.int64, trainable=False, collections=[],
+                                           initializer=tf1.constant_initializer(-1))
+        if not self.is_chief:
+            return
+        self.next_step = tf1.placeholder(tf.int64, [], "next_step")
+        self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed],
+                                      self.stopped.assign(False), self.handed.assign(self.next_step - 1))
+
+    def _asynchronous(self, config, params, grads, carried):
+        """--nosync_replicas: ``apply`` clips this worker's own gradient and applies it with Adam
+        to the weights on the ps at the fed rate ``new_lr`` (also assigned to ``lr``, which the
+        checkpoints hold), incrementing the shared global step; ``after`` is the global step
+        once it is applied (other workers' updates included), ``grad_norm`` this gradient's
+        norm. The chief: ``stop_workers`` sets ``stopped``."""
+        tf, tf1 = load()
+        with tf.control_dependencies(carried + [self.lr.assign(self._new_lr)]):
+            # The fed value, not the variable: another worker may assign it at the same time.
+            lr = tf.identity(self._new_lr)
+        self.new_lr = self._new_lr
+        apply, self.grad_norm = clipped_adam(config, lr, grads, params, self.global_step)
+        with tf.control_dependencies([apply]):
+            self.after = self.global_step.read_value()
+            # This worker has applied a gradient in this run (the chief waits for that, once).
+            self.apply = self.pushed[self.index].assign(self.step)
+        if self.is_chief:
+            self.stop_workers = self.stopped.assign(True)
+        else:
+            self.ready = self._ready_op()
+
+    def _ready_op(self):
+        """Names the variables the chief has yet to initialize or restore, and the records it
+        has yet to set: a non-chief worker waits until none is left."""
+        _, tf1 = load()
+        return tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed + [self.stopped, self.handed])
 
     @property
     def reset_state_op(self):
@@ -267,13 +312,109 @@ class ChiefTrainer(Trainer):
             _tell(self.session, [self.model.stop_workers])
 
 
+class _OwnPace:
+    """An asynchronous worker's part (--nosync_replicas): the next batch of its own streams, by
+    its own counter, its gradient applied at once. The counter starts at g // W for a run at
+    global step g (0 for a new run): the batches each worker has trained on if all went at the
+    same pace; the carried state then starts from zeros (the checkpoint's rows are where each
+    worker's streams stood, not where this counter puts them)."""
+
+    def __init__(self, session, model, run, name, steps_per_epoch, step):
+        self.session, self.model, self.config, self.loader = session, model, run.config, run.train
+        self.name, self.steps_per_epoch = name, steps_per_epoch
+        self.batches = step // model.num_workers  # this worker's counter
+        self.first = True
+        if self.batches:
+            log(f"{name}: asynchronous resume at global step {step}: its {self.loader.batch_size} streams go on "
+                f"at batch {self.batches} (global step // {model.num_workers} workers), carried state reset")
+
+    def run(self, step):
+        """Train on this worker's next batch, at the rate of global step ``step`` (the last this
+        worker saw); (loss, gradient norm, the global step after the update, whether the chief
+        has stopped)."""
+        model = self.model
+        k = self.batches % self.loader.num_batches
+        if self.first or k == 0:
+            self.session.run(model.reset_state_op)
+            self.first = False
+        x, y = self.loader.batch(k)
+        lr = learning_rate_at(self.config, self.steps_per_epoch, step)
+        _, loss, norm, after, stopped = self.session.run(
+            [model.apply, model.push_loss, model.grad_norm, model.after, model.stopped],
+            {model.inputs: x, model.targets: y, model.step: step, model.new_lr: lr})
+        self.batches += 1
+        return float(loss), float(norm), int(after), bool(stopped)
+
+
+class AsyncChiefTrainer(ChiefTrainer):
+    """The chief's Trainer with --nosync_replicas: each of its steps applies its own gradient,
+    and the global step it reads back (the other workers' updates included) is the Trainer's
+    step, so saves, validations and progress lines come when the global step crosses their
+    multiples. A global step is one worker's batch: an epoch has W times as many.
+
+    After its own first update the chief waits (up to ``timeout`` seconds) until every other
+    worker has applied one too, so a short run is not the chief's alone while the others start;
+    then it stops the others as soon as its loop ends, before its last checkpoint."""
+
+    def __init__(self, run, *args, timeout=300.0, **kwargs):
+        Trainer.__init__(self, run, *args, **kwargs)
+        self.timeout, self.joined = timeout, False
+        model = self.model
+        self.steps_per_epoch = self.loader.num_batches * model.num_workers
+        self.total_steps = self.config.num_epochs * self.steps_per_epoch
+        self.chars_per_step = self.loader.batch_size * self.config.seq_length  # the chief's own batch
+        self.session.run(model.reset_records, {model.next_step: self.step})
+        self.share = _OwnPace(self.session, model, run, "worker 0 (chief)", self.steps_per_epoch, self.step)
+        log(f"asynchronous updates: each of the {model.num_workers} workers applies its own gradient; "
+            f"an epoch is {self.steps_per_epoch} global steps")
+
+    def train_step(self):
+        loss, norm, after, _ = self.share.run(self.step)
+        self.refuse_non_finite(loss, norm)
+        self.step = after
+        if not self.joined:
+            self._wait_for_workers()
+            self.joined = True
+        return loss, norm
+
+    def _wait_for_workers(self, poll_seconds=0.1):
+        model, deadline = self.model, time.monotonic() + self.timeout
+        others = model.pushed[1:]
+        said = False
+        while True:
+            missing = [w for w, pushed in enumerate(self.session.run(others), 1) if pushed < self.first_step]
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                log(f"warning: worker(s) {', '.join(map(str, missing))} applied no gradient within "
+                    f"{self.timeout:g} s (--cluster_timeout); training goes on without them until they come")
+                return
+            if not said:
+                log(f"waiting for the first update of worker(s) {', '.join(map(str, missing))}")
+                said = True
+            time.sleep(poll_seconds)
+        if said:
+            log(f"every worker has applied a gradient; global step {int(self.session.run(model.global_step))}")
+
+    def stop_reason(self, steps_this_run, max_steps, max_minutes):
+        reason = super().stop_reason(steps_this_run, max_steps, max_minutes)
+        if reason or self.step >= self.total_steps:  # the others stop before the last checkpoint
+            _tell(self.session, [self.model.stop_workers])
+        return reason
+
+
 @dataclasses.dataclass
 class ChiefReplica:
     """What :func:`charrnn.train.train` builds and runs differently on the chief of a cluster."""
 
     cluster: object
     target: str
-    trainer_class = ChiefTrainer
+    sync: bool = True
+    timeout: float = 300.0  # how long an asynchronous chief waits for the others' first updates
+
+    @property
+    def trainer_class(self):
+        return ChiefTrainer if self.sync else functools.partial(AsyncChiefTrainer, timeout=self.timeout)
 
     def device_scope(self):
         _, tf1 = load()
@@ -290,12 +431,13 @@ def run_task(run, cluster, save_dir, log_dir, max_steps=None, max_minutes=None, 
     """Run this process's worker task of ``cluster`` on ``run`` (prepared with its replica
     rows): the chief trains, validates and saves like a single process; the others train their
     streams until the chief stops them. Returns the chief's TrainResult, None on other workers."""
-    run = _cluster_xla(run)
     server = start_server(cluster, log)
     wait_for_hosts([(f"ps {p}", a) for p, a in enumerate(cluster.ps)], timeout, log, "--ps_hosts")
+    run = _cluster_xla(run, cluster, server, timeout)
     if cluster.is_chief:
         try:
-            return train(run, save_dir, log_dir, max_steps, max_minutes, replica=ChiefReplica(cluster, server.target))
+            return train(run, save_dir, log_dir, max_steps, max_minutes,
+                         replica=ChiefReplica(cluster, server.target, run.config.sync_replicas, timeout))
         finally:  # after train() closed its session: a ps may end as soon as it hears this
             _say_done(cluster, server)
     _work(run, cluster, server, timeout)
@@ -320,17 +462,27 @@ def _compiled(config):
     return bool(config.xla) and config.rnn_impl == "layerwise"
 
 
-def _cluster_xla(run):
-    """Decide --xla for a cluster, the same way in every task (no timing: the tasks could not
-    agree on one). The layerwise graph compiles each worker's forward and backward pass, with the
-    weights read first (measured 11% faster per global step here, README); the cell graph cannot
-    be compiled there: LSTMCell reads its own variables, which live on the ps tasks."""
+def _cluster_xla(run, cluster, server, timeout):
+    """Decide --xla for a cluster, once for every task. The layerwise graph can compile each
+    worker's forward and backward pass, with the weights read first; with --xla auto the chief
+    times the single-process step of one worker's batch with and without XLA
+    (charrnn.autotune.choose_xla: a proxy, the compiled share being most of that step) and every
+    other worker takes the chief's choice, which the chief publishes on ps 0 before it builds its
+    graph (always, so that a worker without the save directory follows a resumed chief too). The
+    cell graph cannot be compiled there: LSTMCell reads its own variables, which live on the ps
+    tasks."""
     c = run.config
     if c.rnn_impl == "layerwise":
-        if c.xla is None:
-            log("xla: auto chose XLA for each worker's forward and backward pass (layerwise graph on a cluster)")
-            return dataclasses.replace(run, config=dataclasses.replace(c, xla=True))
-        return run
+        if cluster.is_chief:
+            if c.xla is None:
+                per_worker = dataclasses.replace(c, batch_size=run.train.batch_size)
+                c = dataclasses.replace(c, xla=choose_xla(per_worker, run.train, log)[0])
+            _publish_xla(cluster, server, c.xla)
+            log(f"xla: {_xla_words(c.xla)}, for every worker (the chief's choice)")
+        elif c.xla is None:
+            c = dataclasses.replace(c, xla=_published_xla(cluster, server, timeout))
+            log(f"xla: {_xla_words(c.xla)}, as the chief (worker 0) chose")
+        return dataclasses.replace(run, config=c)
     if c.xla is None:
         log("xla: off (on a cluster only --rnn_impl layerwise compiles: LSTMCell reads its own variables, "
             "which live on the ps tasks)")
@@ -339,6 +491,47 @@ def _cluster_xla(run):
         log("xla: the cell graph runs without XLA on a cluster (--rnn_impl layerwise compiles); config.json "
             "keeps --xla for single-machine runs")
     return run
+
+
+def _xla_words(xla):
+    return "XLA for each worker's forward and backward pass" if xla else "no XLA"
+
+
+def _xla_choice():
+    """The chief's --xla for the layerwise graph, a variable on ps 0 in a graph of its own (the
+    same name in every task makes it one variable there); never saved."""
+    tf, tf1 = load()
+    with tf1.device(task_device("ps", 0)):
+        return tf1.get_variable("cluster_xla_choice", [], tf.bool, trainable=False, collections=[],
+                                initializer=tf1.constant_initializer(False))
+
+
+def _publish_xla(cluster, server, xla):
+    tf, tf1 = load()
+    graph = tf.Graph()
+    with graph.as_default():
+        choice = _xla_choice()
+        publish = choice.assign(xla)
+    with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
+        session.run(publish)
+
+
+def _published_xla(cluster, server, timeout, poll_seconds=0.25):
+    """The chief's published --xla, waiting for it up to ``timeout`` seconds."""
+    tf, tf1 = load()
+    graph = tf.Graph()
+    with graph.as_default():
+        choice = _xla_choice()
+        published = tf1.is_variable_initialized(choice)
+    deadline = time.monotonic() + timeout
+    with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
+        log(f"{cluster.name}: waiting for the chief's --xla auto choice")
+        while not session.run(published):
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not publish its --xla auto "
+                                  f"choice within {timeout:g} s (--cluster_timeout); start it or check its log")
+            time.sleep(poll_seconds)
+        return bool(session.run(choice))
 
 
 def _work(run, cluster, server, timeout):
@@ -360,6 +553,8 @@ def _work(run, cluster, server, timeout):
     if session is None:
         raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not initialize the variables "
                           f"within {timeout:g} s (--cluster_timeout); start it or check its log")
+    if not c.sync_replicas:
+        return _work_async(run, cluster, server, session, model)
     share = _Share(session, model, loader, cluster.name)
     total = c.num_epochs * loader.num_batches
     losses, computing, waiting, steps = [], 0.0, 0.0, 0
@@ -386,6 +581,32 @@ def _work(run, cluster, server, timeout):
         log(f"{cluster.name}: stopped by the chief after {steps} step(s) of this run")
     finally:
         _NEVER_CLOSED.append(session)  # the training session stays open: see _say_done
+        _say_done(cluster, server)
+
+
+def _work_async(run, cluster, server, session, model):
+    """A non-chief worker's loop with --nosync_replicas: apply its own gradients until the
+    global step reaches the run's end or the chief has stopped."""
+    c = run.config
+    steps_per_epoch = run.train.num_batches * cluster.num_workers
+    total = c.num_epochs * steps_per_epoch
+    step = int(session.run(model.global_step))
+    share = _OwnPace(session, model, run, cluster.name, steps_per_epoch, step)
+    losses, steps, started = [], 0, time.perf_counter()
+    try:
+        stopped = bool(session.run(model.stopped))
+        while step < total and not stopped:
+            loss, _, step, stopped = share.run(step)
+            losses.append(loss)
+            steps += 1
+            if steps % c.print_every == 0:
+                log(f"{cluster.name}: global step {step}/{total}  loss {np.mean(losses):.4f} (its streams, "
+                    f"its batch {share.batches})  {1000 * (time.perf_counter() - started) / len(losses):.1f} ms/step")
+                losses, started = [], time.perf_counter()
+        log(f"{cluster.name}: " + ("stopped by the chief" if stopped else f"the run reached step {step}/{total}")
+            + f" after {steps} update(s) of its own in this run")
+    finally:
+        _NEVER_CLOSED.append(session)
         _say_done(cluster, server)
 
 

@@ -154,9 +154,12 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     if config.decay_schedule != "epoch" and config.decay_steps == 0:
         # The budget is fixed once, when the schedule starts, and saved: a resume (even with
         # another --num_epochs) keeps the same learning rate at every step.
-        config = dataclasses.replace(config, decay_steps=config.num_epochs * train.num_batches)
+        # On an asynchronous cluster a global step is one worker's batch: W of them make a batch.
+        per_epoch = train.num_batches * (replica[1] if replica and not config.sync_replicas else 1)
+        config = dataclasses.replace(config, decay_steps=config.num_epochs * per_epoch)
         notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
-                     f"(--num_epochs {config.num_epochs} x {train.num_batches} batches)")
+                     f"(--num_epochs {config.num_epochs} x {per_epoch} "
+                     + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
     val = None
     if val_ids is None:
         notes.append("validation: off (--val_frac 0)")
@@ -348,7 +351,11 @@ class Trainer:
         self.saver, self.best_saver = saver, best_saver
         self.summaries, self.stop = summaries, stop
         self.step = int(session.run(model.global_step))
-        self.total_steps = self.config.num_epochs * self.loader.num_batches
+        # Global steps per epoch: the loader's batches, except on an asynchronous cluster, where
+        # a global step is one worker's batch (see charrnn.replica).
+        self.steps_per_epoch = self.loader.num_batches
+        self.total_steps = self.config.num_epochs * self.steps_per_epoch
+        self.chars_per_step = self.config.batch_size * self.config.seq_length  # trained on by train_step
         self.best = rundir.read_best()
         self.evals_since_best = 0
         self.history = []
@@ -386,7 +393,7 @@ class Trainer:
 
     def learning_rate(self, step):
         """The learning rate of update ``step`` (see :func:`learning_rate_at`)."""
-        return learning_rate_at(self.config, self.loader.num_batches, step)
+        return learning_rate_at(self.config, self.steps_per_epoch, step)
 
     def validate(self):
         """Loss over every validation character, summaries, a sample, and the best checkpoint."""
@@ -441,23 +448,27 @@ class Trainer:
         loss = val_loss = validated = None
         status = "complete"
         while self.step < self.total_steps:
-            step_start = time.perf_counter()
+            step_start, before = time.perf_counter(), self.step
             loss, norm = self.train_step()
             progress.add(time.perf_counter() - step_start, loss, norm)
             if steps_this_run == 0:
                 release_free_memory()  # what compiling the step used and freed
             steps_this_run += 1
             step = self.step
-            end_of_epoch = step % loader.num_batches == 0
-            if step % c.print_every == 0 or step == self.total_steps:
+
+            def crossed(every):  # a multiple of ``every`` reached by this step (one step, or more on
+                return step // every > before // every  # an asynchronous cluster's chief)
+
+            end_of_epoch = crossed(self.steps_per_epoch)
+            if crossed(c.print_every) or step >= self.total_steps:
                 progress.report(steps_this_run)
-            if self.eval_model is not None and (step % c.eval_every == 0 or end_of_epoch
-                                                or step == self.total_steps):
+            if self.eval_model is not None and (crossed(c.eval_every) or end_of_epoch
+                                                or step >= self.total_steps):
                 val_loss, validated = self.validate(), step
-            status = self.stop_reason(steps_this_run, max_steps, max_minutes) or status
+            status = self.stop_reason(step - self.first_step, max_steps, max_minutes) or status
             if status != "complete":
                 break
-            if step % c.save_every == 0 and step < self.total_steps:
+            if crossed(c.save_every) and step < self.total_steps:
                 self.save()
 
         if status in ("max_steps", "max_minutes") and self.eval_model is not None and validated != self.step:
@@ -522,9 +533,9 @@ class _Progress:
     def report(self, steps_this_run):
         t = self.trainer
         c, step, total = t.config, t.step, t.total_steps
-        epoch = (step - 1) // t.loader.num_batches
+        epoch = (step - 1) // t.steps_per_epoch
         ms_per_step = 1000 * self.seconds / len(self.losses)
-        chars_per_sec = len(self.losses) * c.batch_size * c.seq_length / self.seconds
+        chars_per_sec = len(self.losses) * t.chars_per_step / self.seconds
         eta = (total - step) * (time.time() - t.started) / steps_this_run  # wall clock, incl. evals
         lr, loss = t.learning_rate(step - 1), np.mean(self.losses)
         print(f"step {step}/{total}  epoch {epoch + 1}/{c.num_epochs}  loss {loss:.4f}  lr {lr:.2e}  "

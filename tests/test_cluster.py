@@ -13,6 +13,7 @@ import pytest
 
 from charrnn import cluster as clusters
 from charrnn import train as trainer
+from charrnn.config import Config
 from charrnn.errors import ConfigError
 from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
 
@@ -118,13 +119,15 @@ def listening_sockets():
 
 
 def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_process(tmp_path):
-    """On a cluster --xla auto compiles each worker's forward and backward pass (the weights
-    read on the worker first: XLA cannot capture a variable on a ps); the result is still the
-    single process's, to XLA's float rounding."""
+    """On a cluster --xla compiles each worker's forward and backward pass (the weights read on
+    the worker first: XLA cannot capture a variable on a ps); the result is still the single
+    process's, to XLA's float rounding."""
     data = make_data_dir(tmp_path, TEXT)
-    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla=auto")
+    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[worker0] xla: auto chose XLA for each worker's forward and backward pass" in result.stderr
+    assert "[worker0] xla: XLA for each worker's forward and backward pass, for every worker (the chief's " \
+           "choice)" in result.stderr
+    assert "waiting for the chief's --xla auto choice" not in result.stderr  # given: nothing to wait for
     with open(f"{save}/config.json") as f:
         assert json.load(f)["config"]["xla"] is True  # a single-machine resume compiles its step too
     single = str(tmp_path / "single")
@@ -415,3 +418,63 @@ def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_proce
     assert cluster_tensors["model/learning_rate"] == single_tensors["model/learning_rate"]
     for name, value in single_tensors.items():
         np.testing.assert_allclose(cluster_tensors[name], value, atol=1e-3, err_msg=name)
+
+
+def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_ends_the_run(tmp_path):
+    """--nosync_replicas: each worker applies its own gradient, moving the shared global step;
+    --max_steps counts global steps, every task exits 0, and the chief's save directory (which
+    records the choice) samples on one machine. An epoch is W batches of one worker in global
+    steps, and the rate each update used follows the schedule at the global step."""
+    data = make_data_dir(tmp_path, TEXT)
+    schedule = ["--decay_schedule=linear", "--warmup_steps=2", "--num_epochs=2", "--nosync_replicas"]
+    result, save, _ = local_cluster(tmp_path, data, "async", *schedule, "--max_steps=20")
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    assert "[worker0] asynchronous updates: each of the 2 workers applies its own gradient; an epoch is 16 " \
+           "global steps" in err
+    assert "[worker0] schedule: linear decay to step 32 (--num_epochs 2 x 16 global steps" in err
+    assert "[ps0] ps 0: every worker is done; exiting" in err
+    chief_steps = int(re.search(r"\[worker0\] max_steps: step (\d+)/32", err)[1])
+    assert chief_steps >= 20
+    own = int(re.search(r"\[worker1\] worker 1: (?:stopped by the chief|the run reached step \d+/32) after "
+                        r"(\d+) update\(s\) of its own", err)[1])
+    assert own >= 1
+    tensors = checkpoint_tensors(save)
+    step = int(tensors["model/global_step"])
+    assert 20 <= step <= chief_steps + own
+    with open(f"{save}/config.json") as f:
+        config = Config.from_dict(json.load(f)["config"], "config.json")
+    assert config.sync_replicas is False and config.decay_steps == 32
+    # The last rate assigned is the schedule's at a global step one of the last updates saw.
+    rates = [trainer.learning_rate_at(config, 16, s) for s in range(step - 2 * own - 2, step)]
+    assert min(abs(tensors["model/learning_rate"] - r) for r in rates) < 1e-9
+    assert tensors["model/learning_rate"] < trainer.learning_rate_at(config, 16, 2) / 2  # late in the decay
+    sampled = run_cli("charrnn-sample", "--save_dir", save, "--n", "20", "--prime", "It")
+    assert sampled.returncode == 0 and sampled.stdout.startswith("It"), sampled.stderr
+    # The same command resumes it asynchronously (config.json keeps the choice), each worker
+    # at global step // 2 of its own batches, and ends the run on the global step.
+    again, _, _ = local_cluster(tmp_path, data, "async", *schedule[:-1])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[worker1] worker 1: asynchronous resume at global step" in again.stderr
+    assert "[worker0] asynchronous updates" in again.stderr
+    assert re.search(r"\[worker0\] complete: step 3\d/32", again.stderr)
+    assert int(checkpoint_tensors(save)["model/global_step"]) >= 32
+
+
+def test_with_xla_auto_the_chief_times_both_and_every_worker_takes_its_choice(tmp_path):
+    """--xla auto on a layerwise cluster: the chief times the step with and without XLA before
+    building its graph and publishes the choice on ps 0; the other worker waits for it, logs
+    it and builds the same graph; config.json records it."""
+    data = make_data_dir(tmp_path, TEXT)
+    result, save, _ = local_cluster(tmp_path, data, "auto", "--rnn_impl=layerwise", "--xla=auto",
+                                    "--max_steps=2", spec="1,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    timed = re.search(r"\[worker0\] xla: auto chose (XLA|no XLA) \([\d.]+ ms/step with XLA, [\d.]+ without", err)
+    assert timed, err[-3000:]
+    words = "XLA for each worker's forward and backward pass" if timed[1] == "XLA" else "no XLA"
+    assert f"[worker0] xla: {words}, for every worker (the chief's choice)" in err
+    for worker in (1, 2):
+        assert f"[worker{worker}] xla: {words}, as the chief (worker 0) chose" in err
+    with open(f"{save}/config.json") as f:
+        assert json.load(f)["config"]["xla"] is (timed[1] == "XLA")
