@@ -362,10 +362,19 @@ def restore(session, saver, variables, path, save_dir):
     of another vocabulary or size would load as garbage instead of failing.
     """
     tf, _ = load()
-    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    _check_shapes(tf.train.load_checkpoint(path), variables, path, save_dir)
+    with _restore_errors(path):
+        saver.restore(session, path)
+
+
+def _check_shapes(reader, variables, path, save_dir, saved_shape=lambda name, shape: shape):
+    """Raise CheckpointError unless checkpoint ``path`` (read by ``reader``) holds every variable
+    with the shape ``saved_shape(name, its shape in the graph)``."""
+    shapes = reader.get_variable_to_shape_map()
     problems = []
     for v in variables:
-        name, shape = v.op.name, v.shape.as_list()
+        name = v.op.name
+        shape = saved_shape(name, v.shape.as_list())
         if name not in shapes:
             problems.append(f"{name} is missing")
         elif shapes[name] != shape:
@@ -373,8 +382,14 @@ def restore(session, saver, variables, path, save_dir):
     if problems:
         raise CheckpointError(f"{path}: does not match {save_dir}/config.json and vocab.json "
                               f"({'; '.join(problems[:3])}); the directory is inconsistent")
+
+
+@contextlib.contextmanager
+def _restore_errors(path):
+    """TensorFlow's errors while restoring ``path`` as one-line CheckpointErrors."""
+    tf, _ = load()
     try:
-        saver.restore(session, path)
+        yield
     except tf.errors.OpError as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: cannot be restored ({first_line[:200]})")
@@ -392,20 +407,14 @@ def restore_into(session, variables, path, save_dir, vocab_axes, positions):
     tf, _ = load()
     positions = np.asarray(positions, np.int64)
     reader = tf.train.load_checkpoint(path)
-    shapes = reader.get_variable_to_shape_map()
-    problems = []
-    for v in variables:
-        name, shape = v.op.name, v.shape.as_list()
+
+    def saved_shape(name, shape):  # the source's vocabulary along the characters' axis
         if name in vocab_axes:
             shape[vocab_axes[name]] = len(positions)
-        if name not in shapes:
-            problems.append(f"{name} is missing")
-        elif shapes[name] != shape:
-            problems.append(f"{name} is {shapes[name]}, the config needs {shape}")
-    if problems:
-        raise CheckpointError(f"{path}: does not match {save_dir}/config.json and vocab.json "
-                              f"({'; '.join(problems[:3])}); the directory is inconsistent")
-    try:
+        return shape
+
+    _check_shapes(reader, variables, path, save_dir, saved_shape)
+    with _restore_errors(path):
         for v in variables:
             name = v.op.name
             saved = reader.get_tensor(name)
@@ -417,9 +426,6 @@ def restore_into(session, variables, path, save_dir, vocab_axes, positions):
             else:
                 value = saved
             v.load(value, session)  # feeds the variable's initializer: no new op in the graph
-    except tf.errors.OpError as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: cannot be restored ({first_line[:200]})")
 
 
 class _Lock:
