@@ -26,6 +26,7 @@ import threading
 import time
 
 from charrnn.errors import ConfigError
+from charrnn.signals import StopSignal
 
 JOBS = ("ps", "worker")
 DONE_QUEUE_CAPACITY = 1 << 16  # a worker that is restarted says "done" once more: never block on it
@@ -314,24 +315,6 @@ def free_ports(count):
             s.close()
 
 
-class _Stop:
-    """SIGINT/SIGTERM noted for the launcher's loop, which forwards them to its tasks."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 def private_network():
     """Move this process (and the tasks it will start) into a network namespace of its own with
     only a loopback interface, so the local cluster's ports are reachable from no other process
@@ -380,7 +363,7 @@ def launch_local(num_ps, num_workers, command, log, grace=60.0):
     cluster_flags = [f"--ps_hosts={','.join(ps)}", f"--worker_hosts={','.join(workers)}"]
     procs, pumps = {}, []
     status = None
-    with _Stop() as stop:
+    with StopSignal(second_forces=False) as stop:  # every signal is forwarded to the tasks
         try:
             for job, index in tasks:  # every task first: preexec_fn is safe only without other threads
                 procs[(job, index)] = subprocess.Popen(

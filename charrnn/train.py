@@ -23,6 +23,7 @@ from charrnn.evaluate import evaluate_stream
 from charrnn.model import VOCAB_AXES, EvalGraph, SampleGraph, TrainGraph
 from charrnn.rundir import RunDir, restore, restore_into
 from charrnn.sample import generate_ids
+from charrnn.signals import StopSignal
 from charrnn.tfcompat import load, release_free_memory, session_config
 
 LN2 = math.log(2)
@@ -209,26 +210,6 @@ def start_from_source(session, run, weights):
     restore_into(session, weights, source.checkpoint, source.save_dir, VOCAB_AXES, positions)
 
 
-class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so it can save and exit."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C while saving: restore default behaviour
-            signal.signal(signum, self._previous[signum])
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 class _Summaries:
     """Scalar summaries as protos (no graph ops), one writer per TensorBoard run."""
 
@@ -301,7 +282,7 @@ def train(run, save_dir, log_dir, max_steps=None, max_minutes=None, replica=None
     c = run.config
     rundir = RunDir(save_dir)
     # Signals are caught from here on: a Ctrl-C while the graph builds stops after the first step.
-    with rundir.training(fresh=not run.resume), _StopSignal() as stop:
+    with rundir.training(fresh=not run.resume), StopSignal() as stop:
         if c.deterministic:
             tf.config.experimental.enable_op_determinism()
         graph = tf.Graph()
