@@ -1,6 +1,6 @@
 """Quality in a wall-clock budget: train a configuration on a text with a 90/10 split, print JSON.
 
-usage: python bench/quality.py --data FILE [--minutes 30 | --steps N] [--dev] [--keep DIR]
+usage: python bench/quality.py --data FILE [--minutes 30 | --steps N | --budget_only] [--dev] [--keep DIR]
        [--preset NAME] [charrnn-train's config flags: --hidden_size 384 --dropout 0.3 ...]
 
 The configuration is charrnn-train's: the same flags, defaults and --preset, explicit flags
@@ -42,6 +42,9 @@ flags.DEFINE_float("minutes", 30, "Wall-clock budget of the training run, evalua
 flags.DEFINE_integer("steps", None, "A fixed budget of training steps instead of --minutes.")
 flags.DEFINE_boolean("dev", False, "Development split: drop the held-out end of the text (the last "
                      "--val_frac) and validate on the last --val_frac of what remains.")
+flags.DEFINE_boolean("budget_only", False, "Print the step total that --minutes gives this configuration "
+                     "on this machine (as a cosine or linear run would fix it) and exit: the --steps to "
+                     "screen leads at, on a development split, in the time the real run has.")
 flags.DEFINE_string("keep", None, "Keep the run (data, save and log dirs) in this folder instead of "
                     "a temporary one.")
 define_benchmark_flags()
@@ -75,6 +78,11 @@ def main():
     try:
         run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir)
         max_steps, max_minutes = FLAGS.steps, None if FLAGS.steps else FLAGS.minutes
+        if FLAGS.budget_only:
+            steps, seconds = steps_in_minutes(run.config, run.train, run.val, FLAGS.minutes, log=trainer.log)
+            print(json.dumps({"cpu": cpu_model(), "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
+                              "minutes": FLAGS.minutes, "steps": steps, "calibration_seconds": round(seconds, 1)}))
+            return
         if config.decay_schedule != "epoch":
             if max_steps is None:  # the time budget becomes a step total, once
                 max_steps, seconds = steps_in_minutes(run.config, run.train, run.val, FLAGS.minutes,

@@ -256,7 +256,7 @@ def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None,
         return _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed)
     inputs = tf.nn.embedding_lookup(weights.embedding, ids)  # (B, T, H)
     if masks is not None:
-        inputs = (inputs * input_mask, masks)
+        inputs = (inputs if input_mask is None else inputs * input_mask, masks)
     with _scope():
         outputs, final_state = tf1.nn.dynamic_rnn(weights.cell_stack(dropout=masks is not None), inputs,
                                                   initial_state=initial_state)
@@ -387,7 +387,7 @@ class TrainGraph:
 
             # Dropout masks are made outside the (possibly XLA-compiled) step: XLA's stateless
             # random numbers differ from the CPU kernel's, and the masks must not depend on the path.
-            masks = self._dropout_masks(c) if c.dropout > 0 else []
+            masks = self._dropout_masks(c) if c.dropout > 0 else {}
             transposed = _transposed_kernels(weights) if c.rnn_impl == "layerwise" else {}
 
             def step(inputs, targets, loss_weights, masks, transposed):
@@ -425,8 +425,9 @@ class TrainGraph:
 
 
 def dropout_masks(config, step, rows=None):
-    """[input mask (B, T, H), output masks (B, T, layers, H)], scaled by 1/keep, for global step
-    ``step`` (a tensor); ``rows`` (a slice) keeps those rows of the masks of all B rows.
+    """{"output": masks (B, T, layers, H), "input": mask (B, T, H), unless not
+    ``input_dropout``}, scaled by 1/keep, for global step ``step`` (a tensor); ``rows`` (a slice)
+    keeps those rows of the masks of all B rows.
 
     One seed per step, derived from (seed, step): stateless, so exact on resume, and a replica
     that trains some of the rows draws exactly their rows of a single process's masks. With
@@ -438,20 +439,24 @@ def dropout_masks(config, step, rows=None):
     drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
     keep = 1.0 - c.dropout
     step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(step, tf.int64)])
-    input_mask = tf.cast(tf.random.stateless_uniform([B, drawn, H], step_seed) < keep, tf.float32) / keep
-    out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)
-    masks = tf.cast(tf.random.stateless_uniform([B, drawn, L, H], out_seed) < keep, tf.float32) / keep
-    if c.variational_dropout:
-        input_mask, masks = tf.tile(input_mask, [1, T, 1]), tf.tile(masks, [1, T, 1, 1])
-    if rows is not None:
-        input_mask, masks = input_mask[rows], masks[rows]
-    return [input_mask, masks]
+    out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)  # the same with or without input dropout
+    drawn_masks = {"output": tf.random.stateless_uniform([B, drawn, L, H], out_seed)}
+    if c.input_dropout:
+        drawn_masks["input"] = tf.random.stateless_uniform([B, drawn, H], step_seed)
+    masks = {}
+    for name, uniform in drawn_masks.items():
+        mask = tf.cast(uniform < keep, tf.float32) / keep
+        if c.variational_dropout:
+            mask = tf.tile(mask, [1, T] + [1] * (mask.shape.ndims - 2))
+        masks[name] = mask if rows is None else mask[rows]
+    return masks
 
 
 def training_loss(config, weights, inputs, targets, loss_weights, initial_state, masks, transposed):
     """The training forward pass from ``initial_state``: (mean loss over (B, T), final state per
-    layer). ``masks`` are dropout's (or []), ``transposed`` the layerwise kernels' (or {})."""
-    outputs, final_state = lstm_stack(config, weights, inputs, initial_state, *masks,
+    layer). ``masks`` are dropout's (see :func:`dropout_masks`; {} without dropout),
+    ``transposed`` the layerwise kernels' (or {})."""
+    outputs, final_state = lstm_stack(config, weights, inputs, initial_state, masks.get("input"), masks.get("output"),
                                       transposed=transposed or None)
     loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
     return loss, final_state

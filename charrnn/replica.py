@@ -106,7 +106,7 @@ class ReplicaTrainGraph:
             self.inputs = tf1.placeholder(tf.int32, [B, T], "inputs")
             self.targets = tf1.placeholder(tf.int32, [B, T], "targets")
             self.step = tf1.placeholder(tf.int64, [], "step")
-            masks = dropout_masks(c, self.step, rows) if c.dropout > 0 else []
+            masks = dropout_masks(c, self.step, rows) if c.dropout > 0 else {}
             params = weights.trainable
             if xla:
                 loss, grads, final_state = _compiled_share(c, params, cluster.device, self.state.read(),

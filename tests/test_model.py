@@ -94,11 +94,12 @@ def test_tiny_model_memorises_a_short_text(write_data, tmp_path):
 
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tmp_path, dropout):
-    """layerwise and XLA graphs restore the default graph's checkpoint and give the same step."""
+@pytest.mark.parametrize("dropout, input_dropout", [(0.0, True), (0.3, True), (0.3, False)])
+def test_fast_paths_match_the_default_graph_and_share_checkpoints(write_data, tmp_path, dropout, input_dropout):
+    """layerwise and XLA graphs restore the default graph's checkpoint and give the same step
+    (with --noinput_dropout, layerwise looks the first projection up in the input table)."""
     tf, tf1 = load()
-    config = tiny_config(hidden_size=16, num_layers=2, dropout=dropout)
+    config = tiny_config(hidden_size=16, num_layers=2, dropout=dropout, input_dropout=input_dropout)
     save = str(tmp_path / "save")
     run = trainer.prepare(config, write_data("a quick brown fox jumps over the lazy dog. " * 10), save)
     trainer.train(run, save, str(tmp_path / "logs"), max_steps=3)  # default graph: cell, no XLA
@@ -199,12 +200,14 @@ def test_training_graph_gradients_equal_tensorflows_derived_ones(write_data, tmp
         np.testing.assert_allclose(gradients[name], value, rtol=1e-4, atol=1e-6, err_msg=f"{rnn_impl}: {name}")
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_layerwise_gradients_equal_the_cell_graphs_with_and_without_dropout(write_data, tmp_path, dropout):
+@pytest.mark.parametrize("dropout, input_dropout", [(0.0, True), (0.3, True), (0.3, False)])
+def test_layerwise_gradients_equal_the_cell_graphs_with_and_without_dropout(write_data, tmp_path, dropout,
+                                                                           input_dropout):
     """The layerwise graph's written-out backward pass gives every variable the gradient of the
-    MultiRNNCell graph, from a carried (non-zero) state, with and without dropout masks."""
+    MultiRNNCell graph, from a carried (non-zero) state, with and without dropout masks (and
+    with output masks only)."""
     tf, tf1 = load()
-    config = tiny_config(hidden_size=16, num_layers=3, dropout=dropout)
+    config = tiny_config(hidden_size=16, num_layers=3, dropout=dropout, input_dropout=input_dropout)
     save = str(tmp_path / "save")
     run = trainer.prepare(config, write_data("a quick brown fox jumps over the lazy dog. " * 10), save)
     trainer.train(run, save, str(tmp_path / "logs"), max_steps=3)
@@ -247,13 +250,33 @@ def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational)
         init = tf1.global_variables_initializer()
     with tf1.Session(graph=graph) as session:
         session.run(init)
-        input_mask, output_masks = session.run(masks)  # (B, T, H), (B, T, layers, H)
+        masks = session.run(masks)
+    input_mask, output_masks = masks["input"], masks["output"]  # (B, T, H), (B, T, layers, H)
     assert input_mask.shape == (4, 6, 16) and output_masks.shape == (4, 6, 2, 16)
     assert set(np.unique(input_mask)) == {0.0, 2.0}  # dropped, or kept and scaled by 1/keep
     for mask in (input_mask, output_masks):
         same_over_time = all(np.array_equal(mask[:, t], mask[:, 0]) for t in range(6))
         assert same_over_time == variational
         assert not np.array_equal(mask[0], mask[1])  # rows draw their own masks
+
+
+def test_without_input_dropout_the_output_masks_are_unchanged():
+    """--noinput_dropout drops the input mask and nothing else: the layers' output masks are the
+    ones a run with input dropout draws at the same step and seed."""
+    tf, tf1 = load()
+    drawn = {}
+    for input_dropout in (True, False):
+        config = tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5, input_dropout=input_dropout)
+        graph = tf.Graph()
+        with graph.as_default():
+            model = TrainGraph(config)
+            masks = model._dropout_masks(config)
+            init = tf1.global_variables_initializer()
+        with tf1.Session(graph=graph) as session:
+            session.run(init)
+            drawn[input_dropout] = session.run(masks)
+    assert sorted(drawn[True]) == ["input", "output"] and list(drawn[False]) == ["output"]
+    np.testing.assert_array_equal(drawn[False]["output"], drawn[True]["output"])
 
 
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True}])
