@@ -362,7 +362,8 @@ class AsyncChiefTrainer(ChiefTrainer):
         model = self.model
         self.steps_per_epoch = self.loader.num_batches * model.num_workers
         self.total_steps = self.config.num_epochs * self.steps_per_epoch
-        self.chars_per_step = self.loader.batch_size * self.config.seq_length  # the chief's own batch
+        self.chars_per_step = self.loader.batch_size * self.config.seq_length  # one worker's batch
+        self.counts_others = True  # progress lines: the cluster's speed, from the global step
         self.session.run(model.reset_records, {model.next_step: self.step})
         self.share = _OwnPace(self.session, model, run, "worker 0 (chief)", self.steps_per_epoch, self.step)
         log(f"asynchronous updates: each of the {model.num_workers} workers applies its own gradient; "

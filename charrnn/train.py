@@ -437,12 +437,12 @@ class Trainer:
             steps_this_run += 1
             step = self.step
 
-            def crossed(every):  # a multiple of ``every`` reached by this step (one step, or more on
-                return step // every > before // every  # an asynchronous cluster's chief)
+            def crossed(every):
+                return _crossed(before, step, every)
 
             end_of_epoch = crossed(self.steps_per_epoch)
             if crossed(c.print_every) or step >= self.total_steps:
-                progress.report(steps_this_run)
+                progress.report()
             if self.eval_model is not None and (crossed(c.eval_every) or end_of_epoch
                                                 or step >= self.total_steps):
                 val_loss, validated = self.validate(), step
@@ -497,33 +497,51 @@ def learning_rate_at(config, batches_per_epoch, step):
     return final + (c.learning_rate - final) * remaining
 
 
+def _crossed(before, step, every):
+    """Whether a multiple of ``every`` was reached going from step ``before`` to ``step``: one
+    step, or several on an asynchronous cluster's chief, whose global step counts the others' too."""
+    return step // every > before // every
+
+
 class _Progress:
     """The progress line and training summaries every ``print_every`` steps: mean loss and
-    gradient norm since the last line, and speed over the time spent in training steps only."""
+    gradient norm since the last line, and speed over the time spent in training steps only.
+
+    A trainer whose global step also counts other workers' updates (``counts_others`` true: an
+    asynchronous chief) reports the cluster's speed instead: global steps advanced over the wall
+    time since the last line. The ETA counts global steps either way."""
 
     def __init__(self, trainer):
         self.trainer = trainer
         self.losses, self.norms = [], []
         self.seconds = 0.0
+        self.wall, self.from_step = time.time(), trainer.step
 
     def add(self, seconds, loss, norm):
         self.seconds += seconds
         self.losses.append(loss)
         self.norms.append(norm)
 
-    def report(self, steps_this_run):
+    def report(self):
         t = self.trainer
         c, step, total = t.config, t.step, t.total_steps
         epoch = (step - 1) // t.steps_per_epoch
+        now = time.time()
         ms_per_step = 1000 * self.seconds / len(self.losses)
-        chars_per_sec = len(self.losses) * t.chars_per_step / self.seconds
-        eta = (total - step) * (time.time() - t.started) / steps_this_run  # wall clock, incl. evals
+        if getattr(t, "counts_others", False):
+            chars_per_sec = (step - self.from_step) * t.chars_per_step / (now - self.wall)
+            speed = f"{chars_per_sec:,.0f} chars/s (cluster)"
+        else:
+            chars_per_sec = len(self.losses) * t.chars_per_step / self.seconds
+            speed = f"{chars_per_sec:,.0f} chars/s"
+        eta = (total - step) * (now - t.started) / (step - t.first_step)  # wall clock, incl. evals
         lr, loss = t.learning_rate(step - 1), np.mean(self.losses)
         print(f"step {step}/{total}  epoch {epoch + 1}/{c.num_epochs}  loss {loss:.4f}  lr {lr:.2e}  "
-              f"{ms_per_step:.1f} ms/step  {chars_per_sec:,.0f} chars/s  ETA {_duration(eta)}", flush=True)
+              f"{ms_per_step:.1f} ms/step  {speed}  ETA {_duration(eta)}", flush=True)
         t.summaries.scalars(t.summaries.train, step, loss=loss, learning_rate=lr,
                             grad_norm=np.mean(self.norms), chars_per_sec=chars_per_sec, bits_per_char=loss / LN2)
         self.losses, self.norms, self.seconds = [], [], 0.0
+        self.wall, self.from_step = now, step
 
 
 def _check_log_dir(log_dir):

@@ -458,6 +458,10 @@ def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_en
     assert "[worker1] worker 1: asynchronous resume at global step" in again.stderr
     assert "[worker0] asynchronous updates" in again.stderr
     assert re.search(r"\[worker0\] complete: step 3\d/32", again.stderr)
+    # The chief's progress lines give the cluster's speed (every worker's updates) and an ETA
+    # from the global step's progress.
+    lines = [line for line in (again.stdout + again.stderr).splitlines() if line.startswith("[worker0] step ")]
+    assert lines and all("chars/s (cluster)" in line for line in lines), lines
     assert int(checkpoint_tensors(save)["model/global_step"]) >= 32
 
 
