@@ -33,6 +33,7 @@ graph and --xla, each worker's forward and backward pass is one XLA cluster over
 values read on the worker (XLA cannot capture a variable that lives on a ps).
 """
 import dataclasses
+import json
 import functools
 import time
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from charrnn.autotune import choose_xla
 from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
+from charrnn.config import Config
 from charrnn.errors import ConfigError
 from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dropout_masks,
                            model_scope, training_loss)
@@ -434,7 +436,7 @@ def run_task(run, cluster, save_dir, log_dir, max_steps=None, max_minutes=None, 
     streams until the chief stops them. Returns the chief's TrainResult, None on other workers."""
     server = start_server(cluster, log)
     wait_for_hosts([(f"ps {p}", a) for p, a in enumerate(cluster.ps)], timeout, log, "--ps_hosts")
-    run = _cluster_xla(run, cluster, server, timeout)
+    run = _cluster_config(run, cluster, server, timeout)
     if cluster.is_chief:
         try:
             return train(run, save_dir, log_dir, max_steps, max_minutes,
@@ -463,26 +465,54 @@ def _compiled(config):
     return bool(config.xla) and config.rnn_impl == "layerwise"
 
 
-def _cluster_xla(run, cluster, server, timeout):
-    """Decide --xla for a cluster, once for every task. The layerwise graph can compile each
-    worker's forward and backward pass, with the weights read first; with --xla auto the chief
+# The fields a non-chief worker laid its data out with before it could hear from the chief: a
+# difference means another text or layout, which it refuses. Every other field it takes from the
+# chief.
+_DATA_FIELDS = ("data_sha256", "vocab_size", "batch_size", "seq_length", "val_frac")
+
+
+def _cluster_config(run, cluster, server, timeout):
+    """One configuration for every task: the chief's, published on ps 0 before it builds its graph
+    (always, so that a worker without the save directory follows a resumed chief too); the other
+    workers wait for it and take it, saying where their own flags differed, and refuse it in one
+    line if their data differs (see _DATA_FIELDS)."""
+    if cluster.is_chief:
+        run = _cluster_xla(run, log_choice=True)
+        _publish_config(cluster, server, run.config)
+        return run
+    own, chief = run.config, _published_config(cluster, server, timeout)
+    differ = [name for name in _DATA_FIELDS if getattr(own, name) != getattr(chief, name)]
+    if differ:
+        raise ConfigError("its training data differs from the chief's ("
+                          + ", ".join(f"{name} {getattr(own, name)!r}, the chief's {getattr(chief, name)!r}"
+                                      for name in differ)
+                          + "); start every task with the same --data_dir contents and flags")
+    changed = [f"--{f.name} {getattr(chief, f.name)} (its flags: {getattr(own, f.name)})"
+               for f in dataclasses.fields(chief)
+               if f.name != "xla" and getattr(own, f.name) != getattr(chief, f.name)]
+    if changed:
+        log(f"{cluster.name}: takes the chief's configuration where its own differs: " + ", ".join(changed))
+    if own.xla is None or own.xla == chief.xla:
+        words = f"{_xla_words(_compiled(chief))}, as the chief (worker 0) chose"
+    else:
+        words = f"{_xla_words(_compiled(chief))}, the chief's choice (its flags: --xla={own.xla})"
+    log(f"xla: {words}")
+    return dataclasses.replace(run, config=chief)
+
+
+def _cluster_xla(run, log_choice):
+    """Decide --xla for a cluster, on the chief, for every task. The layerwise graph can compile
+    each worker's forward and backward pass, with the weights read first; with --xla auto the chief
     times the single-process step of one worker's batch with and without XLA
-    (charrnn.autotune.choose_xla: a proxy, the compiled share being most of that step) and every
-    other worker takes the chief's choice, which the chief publishes on ps 0 before it builds its
-    graph (always, so that a worker without the save directory follows a resumed chief too). The
+    (charrnn.autotune.choose_xla: a proxy, the compiled share being most of that step). The
     cell graph cannot be compiled there: LSTMCell reads its own variables, which live on the ps
     tasks."""
     c = run.config
     if c.rnn_impl == "layerwise":
-        if cluster.is_chief:
-            if c.xla is None:
-                per_worker = dataclasses.replace(c, batch_size=run.train.batch_size)
-                c = dataclasses.replace(c, xla=choose_xla(per_worker, run.train, log)[0])
-            _publish_xla(cluster, server, c.xla)
-            log(f"xla: {_xla_words(c.xla)}, for every worker (the chief's choice)")
-        elif c.xla is None:
-            c = dataclasses.replace(c, xla=_published_xla(cluster, server, timeout))
-            log(f"xla: {_xla_words(c.xla)}, as the chief (worker 0) chose")
+        if c.xla is None:
+            per_worker = dataclasses.replace(c, batch_size=run.train.batch_size)
+            c = dataclasses.replace(c, xla=choose_xla(per_worker, run.train, log)[0])
+        log(f"xla: {_xla_words(c.xla)}, for every worker (the chief's choice)")
         return dataclasses.replace(run, config=c)
     if c.xla is None:
         log("xla: off (on a cluster only --rnn_impl layerwise compiles: LSTMCell reads its own variables, "
@@ -498,41 +528,41 @@ def _xla_words(xla):
     return "XLA for each worker's forward and backward pass" if xla else "no XLA"
 
 
-def _xla_choice():
-    """The chief's --xla for the layerwise graph, a variable on ps 0 in a graph of its own (the
-    same name in every task makes it one variable there); never saved."""
+def _published_config_variable():
+    """The chief's configuration as JSON, a variable on ps 0 in a graph of its own (the same
+    name in every task makes it one variable there); never saved."""
     tf, tf1 = load()
     with tf1.device(task_device("ps", 0)):
-        return tf1.get_variable("cluster_xla_choice", [], tf.bool, trainable=False, collections=[],
-                                initializer=tf1.constant_initializer(False))
+        return tf1.get_variable("cluster_config", [], tf.string, trainable=False, collections=[],
+                                initializer=tf1.constant_initializer(""))
 
 
-def _publish_xla(cluster, server, xla):
+def _publish_config(cluster, server, config):
     tf, tf1 = load()
     graph = tf.Graph()
     with graph.as_default():
-        choice = _xla_choice()
-        publish = choice.assign(xla)
+        publish = _published_config_variable().assign(json.dumps(dataclasses.asdict(config)))
     with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
         session.run(publish)
 
 
-def _published_xla(cluster, server, timeout, poll_seconds=0.25):
-    """The chief's published --xla, waiting for it up to ``timeout`` seconds."""
+def _published_config(cluster, server, timeout, poll_seconds=0.25):
+    """The chief's published configuration (a Config), waiting for it up to ``timeout`` seconds."""
     tf, tf1 = load()
     graph = tf.Graph()
     with graph.as_default():
-        choice = _xla_choice()
-        published = tf1.is_variable_initialized(choice)
+        variable = _published_config_variable()
+        published = tf1.is_variable_initialized(variable)
     deadline = time.monotonic() + timeout
     with tf1.Session(server.target, graph=graph, config=cluster.session_config()) as session:
-        log(f"{cluster.name}: waiting for the chief's --xla auto choice")
+        log(f"{cluster.name}: waiting for the chief's configuration")
         while not session.run(published):
             if time.monotonic() >= deadline:
-                raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not publish its --xla auto "
-                                  f"choice within {timeout:g} s (--cluster_timeout); start it or check its log")
+                raise ConfigError(f"the chief (worker 0 at {cluster.workers[0]}) did not publish its configuration "
+                                  f"within {timeout:g} s (--cluster_timeout); start it or check its log")
             time.sleep(poll_seconds)
-        return bool(session.run(choice))
+        raw = json.loads(session.run(variable).decode("utf-8"))
+    return Config.from_dict(raw, "the chief's configuration")
 
 
 def _work(run, cluster, server, timeout):

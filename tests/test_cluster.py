@@ -127,7 +127,8 @@ def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_proc
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[worker0] xla: XLA for each worker's forward and backward pass, for every worker (the chief's " \
            "choice)" in result.stderr
-    assert "waiting for the chief's --xla auto choice" not in result.stderr  # given: nothing to wait for
+    assert "[worker1] xla: XLA for each worker's forward and backward pass, as the chief (worker 0) chose" \
+        in result.stderr
     with open(f"{save}/config.json") as f:
         assert json.load(f)["config"]["xla"] is True  # a single-machine resume compiles its step too
     single = str(tmp_path / "single")
@@ -239,6 +240,39 @@ def test_a_killed_worker_started_again_lets_the_run_go_on(tmp_path, tasks):
     assert re.search(r"worker 1: the carried state of its 4 streams is restored, not reset", again_log.read_text())
     assert f"worker 1: step {total}/{total}" in again_log.read_text()
     assert "every worker is done" in ps_log.read_text()
+
+
+def test_a_worker_takes_the_chiefs_configuration_and_refuses_other_data_in_one_line(tmp_path, tasks):
+    """Non-chief workers build their graph from the configuration the chief publishes on ps 0,
+    saying where their own flags differed (so a task started with fewer or other flags still
+    trains the chief's model); a worker whose data layout differs refuses in one line."""
+    data = make_data_dir(tmp_path, TEXT)
+    args = [f"--data_dir={data}", f"--save_dir={tmp_path / 'save'}", f"--log_dir={tmp_path / 'logs'}",
+            *config_flags(PER_WORKER)]
+    cluster = tasks(args)
+    ps, ps_log = cluster.start("ps", 0)
+    chief, chief_log = cluster.start("worker", 0)
+    # Its own --save_dir, as on a machine of its own (a save directory of the chief's that it found
+    # would be checked against its flags first).
+    cluster.args = [*args, f"--save_dir={tmp_path / 'worker-save'}", "--hidden_size=32", "--learning_rate=0.5"]
+    worker, worker_log = cluster.start("worker", 1)
+    for proc, log in ((worker, worker_log), (chief, chief_log), (ps, ps_log)):
+        assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+    said = worker_log.read_text()
+    assert re.search(r"worker 1: takes the chief's configuration where its own differs: "
+                     r"--hidden_size 16 \(its flags: 32\), --learning_rate 0.01 \(its flags: 0.5\)", said), said
+    assert "complete: step" in chief_log.read_text()
+
+    other = tasks([*args, f"--save_dir={tmp_path / 'save2'}"])
+    ps, _ = other.start("ps", 0)
+    chief, _ = other.start("worker", 0)
+    other.args = [*args, f"--save_dir={tmp_path / 'worker-save2'}", "--seq_length=4"]
+    worker, worker_log = other.start("worker", 1)
+    assert worker.wait(timeout=120) != 0
+    errors = [line for line in worker_log.read_text().splitlines() if "error" in line]
+    assert errors == ["charrnn-train: error: worker 1: its training data differs from the chief's (seq_length 4, "
+                      "the chief's 8); start every task with the same --data_dir contents and flags"], errors
+    assert "Traceback" not in worker_log.read_text()
 
 
 def test_a_failing_task_stops_the_whole_local_cluster(tmp_path):
