@@ -134,8 +134,10 @@ def main():
                 chief = windows(CHIEF_LINE, "\n".join(line for line in text.splitlines()
                                                       if line.startswith("[worker0]")))
                 if mode == "async":
-                    # The chief's lines count its own updates only: each worker's rate of updates
-                    # of B*T characters, summed, is the global rate.
+                    # Each worker's rate of updates of B*T characters (its own ms per update),
+                    # summed, is the global rate: the time in training steps only, as the single
+                    # processes and the synchronous chief measure it (the chief's chars/s, the
+                    # cluster's over wall time, would also count its saves and waits).
                     chief_ms = statistics.mean(ms for ms, _ in chief)
                     other_ms = [statistics.mean(c for (c,) in windows(ASYNC_WORKER_LINE, "\n".join(
                         line for line in text.splitlines() if line.startswith(f"[worker{i}]"))))
