@@ -31,7 +31,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
-from charrnn.autotune import steps_in_minutes  # noqa: E402
+from charrnn.autotune import choose_xla, steps_in_minutes  # noqa: E402
 from charrnn.cli import benchmark_config, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.sample import Sampler  # noqa: E402
@@ -76,21 +76,26 @@ def main():
     cache_dir = os.path.join(work, "cache")
     budget = {"minutes": FLAGS.minutes} if FLAGS.steps is None else {"steps": FLAGS.steps}
     try:
-        run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir)
-        max_steps, max_minutes = FLAGS.steps, None if FLAGS.steps else FLAGS.minutes
         if FLAGS.budget_only:
-            steps, seconds = steps_in_minutes(run.config, run.train, run.val, FLAGS.minutes, log=trainer.log)
+            run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir)
+            timed = run.config
+            if timed.xla is None:  # --xla auto: the graph the run would take
+                timed = dataclasses.replace(timed, xla=choose_xla(timed, run.train, trainer.log)[0])
+            steps, seconds = steps_in_minutes(timed, run.train, run.val, FLAGS.minutes, log=trainer.log)
             print(json.dumps({"cpu": cpu_model(), "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
                               "minutes": FLAGS.minutes, "steps": steps, "calibration_seconds": round(seconds, 1)}))
             return
-        if config.decay_schedule != "epoch":
-            if max_steps is None:  # the time budget becomes a step total, once
-                max_steps, seconds = steps_in_minutes(run.config, run.train, run.val, FLAGS.minutes,
-                                                      log=trainer.log)
-                max_minutes = FLAGS.minutes - seconds / 60
-                budget.update(calibrated_steps=max_steps, calibration_seconds=round(seconds, 1))
-            config = dataclasses.replace(config, decay_steps=max_steps)
-            run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir)
+        if FLAGS.steps is not None and config.decay_schedule != "epoch":
+            config = dataclasses.replace(config, decay_steps=FLAGS.steps)  # the schedule ends with the budget
+        # With a cosine or linear schedule, prepare turns the time budget into its step total.
+        run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir,
+                              budget_minutes=FLAGS.minutes if FLAGS.steps is None else None)
+        max_steps, max_minutes = FLAGS.steps, None
+        if FLAGS.steps is None:
+            max_minutes = FLAGS.minutes - run.budget_seconds / 60  # the measurement is part of the budget
+            if run.budget_seconds:
+                max_steps = run.config.decay_steps
+                budget.update(calibrated_steps=max_steps, calibration_seconds=round(run.budget_seconds, 1))
         result = trainer.train(run, save_dir, log_dir, max_steps=max_steps, max_minutes=max_minutes)
         sampler = Sampler(save_dir)
         sample = "".join(sampler.generate("\n", 199, seed=0))

@@ -148,7 +148,9 @@ def _define_train_flags():
     flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this invocation "
                          "(checkpointed; run again to go on).")
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
-                       "(checkpointed; run again to go on).")
+                       "(checkpointed; run again to go on). A new run with --decay_schedule cosine or "
+                       "linear and no --decay_steps ends its schedule there: the steps that fit are "
+                       "measured at start-up and saved as its decay_steps.")
     define_preset_flag()
     define_config_flags()
     _define_cluster_flags()
@@ -247,7 +249,7 @@ def _prepared_run(train, replica=None):
         raise ConfigError("; ".join(problems))
     return train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
                          init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint,
-                         extend_vocab=FLAGS.extend_vocab, replica=replica)
+                         extend_vocab=FLAGS.extend_vocab, replica=replica, budget_minutes=FLAGS.max_minutes)
 
 
 def train_main():

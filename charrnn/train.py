@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from charrnn.autotune import choose_xla
+from charrnn.autotune import choose_xla, steps_in_minutes
 from charrnn.config import Config
 from charrnn.corpus import UnknownCharacters, prepare_dir
 from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
@@ -45,10 +45,11 @@ class Run:
     resume: bool = False
     notes: list = dataclasses.field(default_factory=list)
     init_from: object = None  # the TrainedModel whose weights a new fine-tuning run starts from
+    budget_seconds: float = 0.0  # what measuring a time budget's step total took (see prepare)
 
 
 def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
-            init_checkpoint="auto", extend_vocab=False, replica=None):
+            init_checkpoint="auto", extend_vocab=False, replica=None, budget_minutes=None):
     """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
@@ -64,6 +65,12 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     ``replica`` (index, count) prepares worker ``index`` of a cluster of ``count`` workers:
     ``config.batch_size`` is then each worker's, the run's config (and config.json) holds the
     global layout of count * batch_size streams, and ``run.train`` gives this worker's rows of it.
+
+    ``budget_minutes`` (a new single-process run with a 'cosine' or 'linear' schedule and no
+    --decay_steps) makes the schedule end when that much wall time does: the step total that fits
+    is measured once, here (charrnn.autotune.steps_in_minutes, deciding --xla auto first, since
+    the two graphs differ in speed), and saved as decay_steps; ``run.budget_seconds`` is what the
+    measurement took.
     """
     config.validate()
     if extend_vocab and not init_from:
@@ -152,15 +159,6 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         per_worker = config.batch_size // count
         rows = slice(index * per_worker, (index + 1) * per_worker)
     train = TextLoader(train_ids, config.batch_size, config.seq_length, rows=rows)
-    if config.decay_schedule != "epoch" and config.decay_steps == 0:
-        # The budget is fixed once, when the schedule starts, and saved: a resume (even with
-        # another --num_epochs) keeps the same learning rate at every step.
-        # On an asynchronous cluster a global step is one worker's batch: W of them make a batch.
-        per_epoch = train.num_batches * (replica[1] if replica and not config.sync_replicas else 1)
-        config = dataclasses.replace(config, decay_steps=config.num_epochs * per_epoch)
-        notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
-                     f"(--num_epochs {config.num_epochs} x {per_epoch} "
-                     + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
     val = None
     if val_ids is None:
         notes.append("validation: off (--val_frac 0)")
@@ -172,7 +170,25 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         notes.append(f"validation: last {held_out:,} characters ({config.val_frac:g} of the text)"
                      + (f", scoring the first {len(val_ids):,} (--max_val_chars)" if len(val_ids) < held_out
                         else ""))
-    return Run(config, vocab, train, val, resume, notes, None if resume else source)
+    budget_seconds = 0.0
+    if config.decay_schedule != "epoch" and config.decay_steps == 0:
+        # The budget is fixed once, when the schedule starts, and saved: a resume (even with
+        # another --num_epochs) keeps the same learning rate at every step.
+        if budget_minutes is not None and not resume and not replica:
+            if config.xla is None:  # the step total depends on the graph: decide it first
+                config = dataclasses.replace(config, xla=choose_xla(config, train, log)[0])
+            steps, budget_seconds = steps_in_minutes(config, train, val, budget_minutes, log=log)
+            config = dataclasses.replace(config, decay_steps=steps)
+            notes.append(f"schedule: {config.decay_schedule} decay to step {steps:,} (what fits in "
+                         f"{budget_minutes:g} minutes on this machine, measured above)")
+        else:
+            # On an asynchronous cluster a global step is one worker's batch: W of them make a batch.
+            per_epoch = train.num_batches * (replica[1] if replica and not config.sync_replicas else 1)
+            config = dataclasses.replace(config, decay_steps=config.num_epochs * per_epoch)
+            notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
+                         f"(--num_epochs {config.num_epochs} x {per_epoch} "
+                         + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
+    return Run(config, vocab, train, val, resume, notes, None if resume else source, budget_seconds)
 
 
 def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint):

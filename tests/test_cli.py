@@ -54,6 +54,34 @@ def test_train_resumes_when_run_again(trained):
     assert "starting at step" in result.stderr
 
 
+def test_max_minutes_ends_a_new_cosine_schedule_with_the_time_and_a_resume_keeps_it(tmp_path):
+    """charrnn-train --decay_schedule cosine --max_minutes M on a new run measures the steps that
+    fit in M minutes once (after deciding --xla auto) and saves them as decay_steps; a resume with
+    another --max_minutes keeps them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_text(TEXT)
+    save = tmp_path / "save"
+    args = ["--data_dir", data, "--save_dir", save, "--log_dir", tmp_path / "logs", "--hidden_size", 16,
+            "--num_layers", 1, "--batch_size", 4, "--seq_length", 8, "--decay_schedule", "cosine",
+            "--warmup_steps", 2, "--num_epochs", 500]
+    result = run_cli("charrnn-train", *args, "--max_minutes", 0.25)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr
+    assert err.index("xla: auto chose") < err.index("budget: 0.25 min = ")
+    steps = int(err.split("budget: 0.25 min = ")[1].split(" steps")[0].replace(",", ""))
+    assert f"schedule: cosine decay to step {steps:,} (what fits in 0.25 minutes on this machine" in err
+    with open(save / "config.json") as f:
+        saved = json.load(f)["config"]
+    assert saved["decay_steps"] == steps and saved["xla"] in (True, False)
+    assert "max_minutes: step" in err
+    again = run_cli("charrnn-train", *args, "--max_minutes", 0.05)
+    assert again.returncode == 0, again.stderr
+    assert "budget:" not in again.stderr and "resumed from" in again.stderr
+    with open(save / "config.json") as f:
+        assert json.load(f)["config"]["decay_steps"] == steps
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits(tmp_path, signame):
     import signal
