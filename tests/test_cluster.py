@@ -242,6 +242,35 @@ def test_a_killed_worker_started_again_lets_the_run_go_on(tmp_path, tasks):
     assert "every worker is done" in ps_log.read_text()
 
 
+def test_a_killed_asynchronous_worker_started_again_rejoins_and_the_run_ends(tmp_path, tasks):
+    """--nosync_replicas: kill -9 a non-chief worker mid-run and start it again; it goes on at
+    global step // W of its own streams with the carried state reset, the chief never waited for
+    it, and every task exits 0 when the global step reaches the end."""
+    data = make_data_dir(tmp_path, TEXT * 8)
+    args = [f"--data_dir={data}", f"--save_dir={tmp_path / 'save'}", f"--log_dir={tmp_path / 'logs'}",
+            "--nosync_replicas", *config_flags({**PER_WORKER, "num_epochs": 3, "print_every": 10})]
+    cluster = tasks(args)
+    ps, ps_log = cluster.start("ps", 0)
+    chief, chief_log = cluster.start("worker", 0)
+    worker, worker_log = cluster.start("worker", 1)
+    wait_for_line(worker_log, r"worker 1: global step \d+/", worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again, again_log = cluster.start("worker", 1)
+    for proc in (again, chief, ps):
+        assert proc.wait(timeout=180) == 0, (again_log.read_text() + chief_log.read_text())[-4000:]
+    said = again_log.read_text()
+    resumed_at = int(re.search(r"worker 1: asynchronous resume at global step (\d+): its 4 streams go on at "
+                               r"batch (\d+) \(global step // 2 workers\), carried state reset", said)[1])
+    assert resumed_at > 0
+    total = int(re.search(r"training: \d+ batches/epoch, 3 epochs, (\d+) steps", chief_log.read_text())[1])
+    ended = int(re.search(rf"complete: step (\d+)/{total}", chief_log.read_text())[1])
+    assert total <= ended <= total + 2  # updates in flight when the chief stopped may still land
+    assert re.search(r"worker 1: (stopped by the chief|the run reached step \d+/\d+) after [1-9]\d* update",
+                     said), said[-2000:]
+    assert "every worker is done" in ps_log.read_text()
+
+
 def test_a_worker_takes_the_chiefs_configuration_and_refuses_other_data_in_one_line(tmp_path, tasks):
     """Non-chief workers build their graph from the configuration the chief publishes on ps 0,
     saying where their own flags differed (so a task started with fewer or other flags still
