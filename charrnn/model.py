@@ -657,16 +657,22 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
     size = noise.shape[0]
 
-    def body(i, x, state, generated):
+    lstm = weights.config.model == "lstm"
+
+    def body(i, x, state, generated, recurrent):
         new_state = []
-        if weights.config.model == "lstm":
+        if lstm:
             for layer, (c, h) in enumerate(state):
                 if layer > 0:
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
                 else:
-                    gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
+                    gates = x + recurrent + weights.biases[layer]  # (1, 4H)
                 c, x = lstm_update(gates, c)
                 new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
+                if layer == 0:
+                    # The next character's layer-0 product h @ W_h, made now: it does not wait for
+                    # that character, so it runs beside the layers above and the draw.
+                    recurrent = tf.matmul(x, recurrent0)  # (1, 4H)
         else:
             for layer, (h, (update, input_kernel, parts)) in enumerate(zip(state, recurrent0)):
                 x = update(x if layer == 0 else tf.matmul(x, input_kernel), h, *parts)  # (1, H)
@@ -676,10 +682,11 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
             logits = filter_logits(logits, top_k, top_p)
         nxt = tf.argmax(logits + noise[i], -1, output_type=tf.int32)  # (1,)
         generated = tf.tensor_scatter_nd_update(generated, [[i]], nxt)
-        return i + 1, input_gates(nxt), tuple(new_state), generated
+        return i + 1, input_gates(nxt), tuple(new_state), generated, recurrent
 
-    _, _, state, generated = tf.while_loop(
+    recurrent = tf.matmul(state[0].h, recurrent0) if lstm else tf.zeros([1])
+    _, _, state, generated, _ = tf.while_loop(
         lambda i, *_: i < num_chars, body,
-        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32)],
+        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32), recurrent],
         maximum_iterations=size)
     return generated, state
