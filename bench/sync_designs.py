@@ -279,7 +279,7 @@ def kill_probe(children, work):
                 "worker0_exit_status": first.returncode, "worker0_ended_seconds_after_kill": seconds,
                 "worker0_lines": [line for line in err0.splitlines() if "all-reduce" in line][-9:],
                 "new_worker1_exit_status": again.returncode,
-                "new_worker1_lines": [line for line in err1.splitlines() if "all-reduce" in line or "killed" in line][-5:]}
+                "new_worker1_lines": [line for line in err1.splitlines() if "all-reduce" in line or "killed" in line][-9:]}
     finally:
         children.close()
 
@@ -321,11 +321,13 @@ def drive():
             for design in designs:
                 loads.append(load_average())
                 if design == "tokens":
-                    ms = median_window(run_tokens(children, work, w), first_left_out=True)
+                    windows = run_tokens(children, work, w)
+                    ms = median_window(windows, first_left_out=True)
                     entry = {"ms_per_global_step": ms, "bytes_per_worker_per_step": 2 * P,
                              "bytes_through_ps_links_per_step": w * 2 * P}
                 elif design == "allreduce":
                     found, outs = run_allreduce(children, work, w, FLAGS.steps, "cell", f"timed{w}")
+                    windows = found[0]["window_ms"][1:]
                     ms = median_window(found[0]["window_ms"])
                     entry = {"ms_per_global_step": ms, "bytes_per_worker_per_step": round(2 * P * (w - 1) / w),
                              "workers_weights_max_difference": max_difference(outs, [outs[0]] * w)}
@@ -335,10 +337,12 @@ def drive():
                         entry["check_workers_max_difference"] = between
                 else:
                     found = run_syncreplicas(children, work, w)
+                    windows = found["window_ms"][1:]
                     ms = median_window(found["window_ms"])
                     entry = {"ms_per_global_step": ms, "bytes_per_worker_per_step": 2 * P,
                              "bytes_through_ps_links_per_step": w * 2 * P}
                 entry["overhead_ms_over_single"] = round(ms - single, 1)
+                entry["windows_ms"] = [round(x, 1) for x in windows]  # those the median is of
                 results["runs"][f"{design}_{w}"] = entry
                 log(f"{design}, {w} worker(s): {entry}")
         if FLAGS.kill_probe:
