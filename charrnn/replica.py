@@ -109,14 +109,17 @@ class ReplicaTrainGraph:
             self.targets = tf1.placeholder(tf.int32, [B, T], "targets")
             self.step = tf1.placeholder(tf.int64, [], "step")
             masks = dropout_masks(c, self.step, rows) if c.dropout > 0 else {}
-            params = weights.trainable
             if xla:
+                params = weights.trainable
                 loss, grads, final_state = _compiled_share(c, params, cluster.device, self.state.read(),
                                                            self.inputs, self.targets, masks)
             else:
                 transposed = _transposed_kernels(weights) if c.rnn_impl == "layerwise" else {}
                 loss, final_state = training_loss(c, weights, self.inputs, self.targets, tf.ones([B, T]),
                                                   self.state.read(), masks, transposed)
+                # After training_loss: made by the cell inside dynamic_rnn, the LSTM variables are
+                # read once per step; made before it, the loop reads them (on the ps) at every time step.
+                params = weights.trainable
                 # Dense (the embedding's gradient is IndexedSlices): the accumulators average tensors.
                 grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
             carried = self.state.assign(final_state) + [

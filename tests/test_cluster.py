@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from charrnn import cluster as clusters
+from charrnn import replica
 from charrnn import train as trainer
 from charrnn.config import Config
 from charrnn.errors import ConfigError
+from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune, " * 6
@@ -116,6 +118,22 @@ def listening_sockets():
                 if fields[3] == "0A" and fields[9] in held:  # state 0A is LISTEN
                     listening.add(fields[9])
     return listening
+
+
+def test_a_workers_cell_graph_reads_the_ps_held_weights_once_per_step_not_in_every_loop_iteration():
+    """The LSTMCell's variables live on the ps tasks; read inside dynamic_rnn's loops (a stateful
+    While), every time step fetched them over the network, and a 1-worker step took 2x as long
+    (bench/sync_designs.py). Built offline: making the graph needs no server."""
+    tf, _ = load()
+    config = tiny_config(**{**PER_WORKER, "batch_size": 2 * PER_WORKER["batch_size"], "vocab_size": 20,
+                            "xla": False})
+    cluster = clusters.describe(ps_hosts="127.0.0.1:1", worker_hosts="127.0.0.1:2,127.0.0.1:3",
+                                job_name="worker", task_index=1)
+    graph = tf.Graph()
+    with graph.as_default():
+        replica.ReplicaTrainGraph(config, cluster)
+    loops = [op.type for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert loops and "While" not in loops, loops
 
 
 def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_process(tmp_path):
