@@ -242,6 +242,16 @@ def check_against_single(children, work, w):
     return max_difference(outs[:1], [single]), max_difference(outs, [outs[0]] * len(outs))
 
 
+def _output_within(proc, seconds, what):
+    """(stdout, stderr) of ``proc`` once it ends, killing it after ``seconds`` (then saying ``what``)."""
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return out, err + f"\n({what}; killed)"
+
+
 def kill_probe(children, work):
     """Kill worker 1 of a 2-worker all-reduce run; what does worker 0 do, and can a new worker 1 join?"""
     hosts = ",".join(f"127.0.0.1:{p}" for p in children.free_ports(2))
@@ -260,19 +270,9 @@ def kill_probe(children, work):
         log("kill probe: worker 1 killed (SIGKILL) after its step 8; a new worker 1 starts 2 s later")
         time.sleep(2)
         again = children.start([*args, "--task=1"], task_env())
-        try:
-            out0, err0 = first.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            first.kill()
-            out0, err0 = first.communicate()
-            err0 += "\n(worker 0 still running 240 s after the kill; killed)"
+        out0, err0 = _output_within(first, 240, "worker 0 still running 240 s after the kill")
         seconds = round(time.monotonic() - killed_at, 1)
-        try:
-            out1, err1 = again.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            again.kill()
-            out1, err1 = again.communicate()
-            err1 += "\n(the new worker 1 still running 60 s after worker 0 ended; killed)"
+        out1, err1 = _output_within(again, 60, "the new worker 1 still running 60 s after worker 0 ended")
         failed = re.search(r"failed at ([\d.]+)", err0)
         return {"worker0_first_error_seconds_after_kill":
                 round(float(failed.group(1)) - killed_epoch, 1) if failed else None,

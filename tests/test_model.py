@@ -239,10 +239,9 @@ def test_default_graph_reads_the_lstm_weights_once_not_in_every_loop_iteration(x
     assert loops and "While" not in loops[:2], loops  # TrainGraph's forward and backward loops
 
 
-@pytest.mark.parametrize("variational", [False, True])
-def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational):
+def _drawn_masks(config):
+    """The dropout masks a TrainGraph of ``config`` draws at step 0: {"input"?, "output"} arrays."""
     tf, tf1 = load()
-    config = tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5, variational_dropout=variational)
     graph = tf.Graph()
     with graph.as_default():
         model = TrainGraph(config)
@@ -250,7 +249,13 @@ def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational)
         init = tf1.global_variables_initializer()
     with tf1.Session(graph=graph) as session:
         session.run(init)
-        masks = session.run(masks)
+        return session.run(masks)
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational):
+    masks = _drawn_masks(tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5,
+                                     variational_dropout=variational))
     input_mask, output_masks = masks["input"], masks["output"]  # (B, T, H), (B, T, layers, H)
     assert input_mask.shape == (4, 6, 16) and output_masks.shape == (4, 6, 2, 16)
     assert set(np.unique(input_mask)) == {0.0, 2.0}  # dropped, or kept and scaled by 1/keep
@@ -263,18 +268,9 @@ def test_variational_dropout_repeats_each_rows_mask_over_the_window(variational)
 def test_without_input_dropout_the_output_masks_are_unchanged():
     """--noinput_dropout drops the input mask and nothing else: the layers' output masks are the
     ones a run with input dropout draws at the same step and seed."""
-    tf, tf1 = load()
-    drawn = {}
-    for input_dropout in (True, False):
-        config = tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5, input_dropout=input_dropout)
-        graph = tf.Graph()
-        with graph.as_default():
-            model = TrainGraph(config)
-            masks = model._dropout_masks(config)
-            init = tf1.global_variables_initializer()
-        with tf1.Session(graph=graph) as session:
-            session.run(init)
-            drawn[input_dropout] = session.run(masks)
+    drawn = {input_dropout: _drawn_masks(tiny_config(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5,
+                                                     input_dropout=input_dropout))
+             for input_dropout in (True, False)}
     assert sorted(drawn[True]) == ["input", "output"] and list(drawn[False]) == ["output"]
     np.testing.assert_array_equal(drawn[False]["output"], drawn[True]["output"])
 
