@@ -266,7 +266,9 @@ def test_a_killed_asynchronous_worker_started_again_rejoins_and_the_run_ends(tmp
     it, and every task exits 0 when the global step reaches the end."""
     data = make_data_dir(tmp_path, TEXT * 8)
     args = [f"--data_dir={data}", f"--save_dir={tmp_path / 'save'}", f"--log_dir={tmp_path / 'logs'}",
-            "--nosync_replicas", *config_flags({**PER_WORKER, "num_epochs": 3, "print_every": 10})]
+            # Long enough (1,360 global steps) that the chief, which never waits for an
+            # asynchronous worker, cannot end the run while the new worker 1 starts under load.
+            "--nosync_replicas", *config_flags({**PER_WORKER, "num_epochs": 10, "print_every": 10})]
     cluster = tasks(args)
     ps, ps_log = cluster.start("ps", 0)
     chief, chief_log = cluster.start("worker", 0)
@@ -281,7 +283,7 @@ def test_a_killed_asynchronous_worker_started_again_rejoins_and_the_run_ends(tmp
     resumed_at = int(re.search(r"worker 1: asynchronous resume at global step (\d+): its 4 streams go on at "
                                r"batch (\d+) \(global step // 2 workers\), carried state reset", said)[1])
     assert resumed_at > 0
-    total = int(re.search(r"training: \d+ batches/epoch, 3 epochs, (\d+) steps", chief_log.read_text())[1])
+    total = int(re.search(r"training: \d+ batches/epoch, 10 epochs, (\d+) steps", chief_log.read_text())[1])
     ended = int(re.search(rf"complete: step (\d+)/{total}", chief_log.read_text())[1])
     assert total <= ended <= total + 2  # updates in flight when the chief stopped may still land
     assert re.search(r"worker 1: (stopped by the chief|the run reached step \d+/\d+) after [1-9]\d* update",
