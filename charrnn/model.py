@@ -657,22 +657,16 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
     size = noise.shape[0]
 
-    lstm = weights.config.model == "lstm"
-
-    def body(i, x, state, generated, recurrent):
+    def body(i, x, state, generated):
         new_state = []
-        if lstm:
+        if weights.config.model == "lstm":
             for layer, (c, h) in enumerate(state):
                 if layer > 0:
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
                 else:
-                    gates = x + recurrent + weights.biases[layer]  # (1, 4H)
+                    gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
                 c, x = lstm_update(gates, c)
                 new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
-                if layer == 0:
-                    # The next character's layer-0 product h @ W_h, made now: it does not wait for
-                    # that character, so it runs beside the layers above and the draw.
-                    recurrent = tf.matmul(x, recurrent0)  # (1, 4H)
         else:
             for layer, (h, (update, input_kernel, parts)) in enumerate(zip(state, recurrent0)):
                 x = update(x if layer == 0 else tf.matmul(x, input_kernel), h, *parts)  # (1, H)
@@ -682,11 +676,10 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
             logits = filter_logits(logits, top_k, top_p)
         nxt = tf.argmax(logits + noise[i], -1, output_type=tf.int32)  # (1,)
         generated = tf.tensor_scatter_nd_update(generated, [[i]], nxt)
-        return i + 1, input_gates(nxt), tuple(new_state), generated, recurrent
+        return i + 1, input_gates(nxt), tuple(new_state), generated
 
-    recurrent = tf.matmul(state[0].h, recurrent0) if lstm else tf.zeros([1])
-    _, _, state, generated, _ = tf.while_loop(
+    _, _, state, generated = tf.while_loop(
         lambda i, *_: i < num_chars, body,
-        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32), recurrent],
+        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32)],
         maximum_iterations=size)
     return generated, state
