@@ -480,7 +480,7 @@ def _cluster_config(run, cluster, server, timeout):
     workers wait for it and take it, saying where their own flags differed, and refuse it in one
     line if their data differs (see _DATA_FIELDS)."""
     if cluster.is_chief:
-        run = _cluster_xla(run, log_choice=True)
+        run = _cluster_xla(run)
         _publish_config(cluster, server, run.config)
         return run
     own, chief = run.config, _published_config(cluster, server, timeout)
@@ -503,7 +503,7 @@ def _cluster_config(run, cluster, server, timeout):
     return dataclasses.replace(run, config=chief)
 
 
-def _cluster_xla(run, log_choice):
+def _cluster_xla(run):
     """Decide --xla for a cluster, on the chief, for every task. The layerwise graph can compile
     each worker's forward and backward pass, with the weights read first; with --xla auto the chief
     times the single-process step of one worker's batch with and without XLA
