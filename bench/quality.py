@@ -31,7 +31,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from charrnn import train as trainer  # noqa: E402
-from charrnn.autotune import choose_xla, steps_in_minutes  # noqa: E402
+from charrnn.autotune import budget_steps  # noqa: E402
 from charrnn.cli import benchmark_config, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.sample import Sampler  # noqa: E402
@@ -78,10 +78,7 @@ def main():
     try:
         if FLAGS.budget_only:
             run = trainer.prepare(config, data_dir, save_dir, fresh=True, cache_dir=cache_dir)
-            timed = run.config
-            if timed.xla is None:  # --xla auto: the graph the run would take
-                timed = dataclasses.replace(timed, xla=choose_xla(timed, run.train, trainer.log)[0])
-            steps, seconds = steps_in_minutes(timed, run.train, run.val, FLAGS.minutes, log=trainer.log)
+            _, steps, seconds = budget_steps(run.config, run.train, run.val, FLAGS.minutes, log=trainer.log)
             print(json.dumps({"cpu": cpu_model(), "data": os.path.basename(FLAGS.data), "preset": FLAGS.preset,
                               "minutes": FLAGS.minutes, "steps": steps, "calibration_seconds": round(seconds, 1)}))
             return

@@ -100,6 +100,16 @@ def steps_in_minutes(config, loader, val, minutes, log=None):
     return steps, seconds
 
 
+def budget_steps(config, loader, val, minutes, log=None):
+    """:func:`steps_in_minutes` for the graph the run will take: ``--xla auto`` (config.xla None)
+    is decided first, since the step total depends on it. Returns (config with xla resolved,
+    steps, seconds the measurement took)."""
+    if config.xla is None:
+        config = dataclasses.replace(config, xla=choose_xla(config, loader, log)[0])
+    steps, seconds = steps_in_minutes(config, loader, val, minutes, log=log)
+    return config, steps, seconds
+
+
 class _TimedStep:
     """A throwaway training graph and session, stepping through the loader's first batches."""
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from charrnn.autotune import choose_xla, steps_in_minutes
+from charrnn.autotune import budget_steps, choose_xla
 from charrnn.config import Config
 from charrnn.corpus import UnknownCharacters, prepare_dir
 from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
@@ -68,7 +68,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
 
     ``budget_minutes`` (a new single-process run with a 'cosine' or 'linear' schedule and no
     --decay_steps) makes the schedule end when that much wall time does: the step total that fits
-    is measured once, here (charrnn.autotune.steps_in_minutes, deciding --xla auto first, since
+    is measured once, here (charrnn.autotune.budget_steps, deciding --xla auto first, since
     the two graphs differ in speed), and saved as decay_steps; ``run.budget_seconds`` is what the
     measurement took.
     """
@@ -175,9 +175,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         # The budget is fixed once, when the schedule starts, and saved: a resume (even with
         # another --num_epochs) keeps the same learning rate at every step.
         if budget_minutes is not None and not resume and not replica:
-            if config.xla is None:  # the step total depends on the graph: decide it first
-                config = dataclasses.replace(config, xla=choose_xla(config, train, log)[0])
-            steps, budget_seconds = steps_in_minutes(config, train, val, budget_minutes, log=log)
+            config, steps, budget_seconds = budget_steps(config, train, val, budget_minutes, log=log)
             config = dataclasses.replace(config, decay_steps=steps)
             notes.append(f"schedule: {config.decay_schedule} decay to step {steps:,} (what fits in "
                          f"{budget_minutes:g} minutes on this machine, measured above)")
