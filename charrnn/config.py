@@ -99,6 +99,11 @@ class Config:
     weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW): each step also shrinks the "
                                  "weight matrices (not biases) by learning rate x this; 0 is plain "
                                  "Adam.", min=0)
+    weight_drop: float = _field(0.0, "DropConnect on the recurrent kernels (AWD-LSTM's weight drop): "
+                                "each training step drops this fraction of every layer's "
+                                "hidden-to-hidden weights, the same ones for every row and time step "
+                                "of the batch (the rest scaled by 1/keep); 0 is off. Needs --rnn_impl "
+                                "layerwise.", min=0, below=1, zero="off")
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -180,6 +185,10 @@ def _problems(values, unset_ok):
         elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):
             name = field.name if meta["from_data"] else f"--{field.name}"
             problems.append(f"{name} must be {_requirement(field)} (got {value!r})")
+    drop = values["weight_drop"]
+    if _has_type(drop, float) and 0 < drop < 1 and values["rnn_impl"] != "layerwise":
+        problems.append("--weight_drop needs --rnn_impl layerwise (the cell graph's LSTMCell reads its "
+                        "recurrent kernel itself); add --rnn_impl layerwise (same checkpoints)")
     if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":
         problems.append(f"--rnn_impl layerwise computes LSTMs only; train --model {values['model']} "
                         "with --rnn_impl cell")

@@ -243,17 +243,21 @@ class CarriedState:
         return [v.assign(t) for pair, s in zip(self.variables, final_state) for v, t in zip(pair, tf.nest.flatten(s))]
 
 
-def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None, transposed=None):
+def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None, transposed=None,
+               recurrent_mask=None):
     """Embedding and the LSTM stack: (B, T) ids -> (B, T, H) outputs and the final state per layer.
 
     ``config.rnn_impl`` picks the graph: "cell" is the design's MultiRNNCell through dynamic_rnn,
     "layerwise" the same math one layer at a time (:func:`_layerwise`). ``input_mask`` (B, T, H)
-    and ``masks`` (B, T, layers, H) are dropout masks; ``transposed`` (training with layerwise
-    only) the kernels' transposes for the written-out backward pass.
+    and ``masks`` (B, T, layers, H) are dropout masks, ``recurrent_mask`` (layers, H, 4H)
+    DropConnect's on the recurrent kernels (layerwise only); ``transposed`` (training with
+    layerwise only) the (masked) kernels' transposes for the written-out backward pass.
     """
     tf, tf1 = load()
     if config.rnn_impl == "layerwise":
-        return _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed)
+        return _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask)
+    if recurrent_mask is not None:
+        raise ValueError("weight_drop needs rnn_impl 'layerwise'")  # Config.validate says so first
     inputs = tf.nn.embedding_lookup(weights.embedding, ids)  # (B, T, H)
     if masks is not None:
         inputs = (inputs if input_mask is None else inputs * input_mask, masks)
@@ -263,7 +267,7 @@ def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None,
     return (outputs[0] if masks is not None else outputs), final_state
 
 
-def _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed):
+def _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask=None):
     """The same LSTM stack, computed one layer at a time (a while_loop over time per layer).
 
     Exactly the math of LSTMCell (gates i, j, f, o; forget bias 1; tanh) on the same variables,
@@ -284,7 +288,10 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
         projected = tf.tensordot(inputs, weights.input_kernel(0), 1)  # (T, B, 4H)
     final_state = []
     for layer in range(L):
-        output, cell, hidden = lstm_layer(projected + weights.biases[layer], weights.recurrent_kernel(layer),
+        recurrent = weights.recurrent_kernel(layer)  # (H, 4H)
+        if recurrent_mask is not None:  # DropConnect: the gradient reaches W_h through the mask
+            recurrent = recurrent * recurrent_mask[layer]
+        output, cell, hidden = lstm_layer(projected + weights.biases[layer], recurrent,
                                           transposed["recurrent"][layer] if transposed else None,
                                           *initial_state[layer])  # (T, B, H)
         final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
@@ -299,13 +306,17 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
     return tf.transpose(output, [1, 0, 2]), tuple(final_state)
 
 
-def _transposed_kernels(weights):
+def _transposed_kernels(weights, recurrent_mask=None):
     """{"recurrent": W_h^T of every layer, "input": W_x^T of every layer but the first}, (4H, H)
-    each, for the layerwise backward pass. Made outside the XLA cluster and passed in: inside it
-    a transpose folds into the product, and that product runs 25-50% slower on the CPU."""
+    each, for the layerwise backward pass; with ``recurrent_mask`` (layers, H, 4H), DropConnect's,
+    the masked W_h's. Made outside the XLA cluster and passed in: inside it a transpose folds into
+    the product, and that product runs 25-50% slower on the CPU."""
     tf, _ = load()
     layers = range(len(weights.kernels))
-    return {"recurrent": [tf.transpose(weights.recurrent_kernel(layer)) for layer in layers],
+    recurrent = [weights.recurrent_kernel(layer) for layer in layers]
+    if recurrent_mask is not None:
+        recurrent = [kernel * recurrent_mask[layer] for layer, kernel in enumerate(recurrent)]
+    return {"recurrent": [tf.transpose(kernel) for kernel in recurrent],
             "input": [tf.transpose(weights.input_kernel(layer)) for layer in layers[1:]]}
 
 
@@ -387,8 +398,8 @@ class TrainGraph:
 
             # Dropout masks are made outside the (possibly XLA-compiled) step: XLA's stateless
             # random numbers differ from the CPU kernel's, and the masks must not depend on the path.
-            masks = self._dropout_masks(c) if c.dropout > 0 else {}
-            transposed = _transposed_kernels(weights) if c.rnn_impl == "layerwise" else {}
+            masks = self._dropout_masks(c)
+            transposed = _transposed_kernels(weights, masks.get("recurrent")) if c.rnn_impl == "layerwise" else {}
 
             def step(inputs, targets, loss_weights, masks, transposed):
                 """Forward, loss and the update ops: (loss, gradient norm, [state and Adam updates])."""
@@ -425,25 +436,33 @@ class TrainGraph:
 
 
 def dropout_masks(config, step, rows=None):
-    """{"output": masks (B, T, layers, H), "input": mask (B, T, H), unless not
-    ``input_dropout``}, scaled by 1/keep, for global step ``step`` (a tensor); ``rows`` (a slice)
-    keeps those rows of the masks of all B rows.
+    """The training step's masks, scaled by 1/keep, for global step ``step`` (a tensor): with
+    ``dropout``, {"output": (B, T, layers, H), "input": (B, T, H), unless not ``input_dropout``};
+    with ``weight_drop``, {"recurrent": (layers, H, 4H)}, DropConnect's on the recurrent kernels,
+    one for the whole batch. {} without either. ``rows`` (a slice) keeps those rows of the
+    dropout masks of all B rows.
 
     One seed per step, derived from (seed, step): stateless, so exact on resume, and a replica
-    that trains some of the rows draws exactly their rows of a single process's masks. With
-    ``variational_dropout`` each row draws one mask per step and repeats it over time.
+    that trains some of the rows draws exactly their rows of a single process's masks (and the
+    same recurrent mask). With ``variational_dropout`` each row draws one mask per step and
+    repeats it over time.
     """
     tf, _ = load()
     c = config
     B, T, H, L = c.batch_size, c.seq_length, c.hidden_size, c.num_layers
+    step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(step, tf.int64)])
+    masks = {}
+    if c.weight_drop > 0:
+        uniform = tf.random.stateless_uniform([L, H, 4 * H], step_seed + tf.constant([0, 2 << 40], tf.int64))
+        masks["recurrent"] = tf.cast(uniform >= c.weight_drop, tf.float32) / (1.0 - c.weight_drop)
+    if c.dropout == 0:
+        return masks
     drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
     keep = 1.0 - c.dropout
-    step_seed = tf.stack([tf.constant(c.seed, tf.int64), tf.cast(step, tf.int64)])
     out_seed = step_seed + tf.constant([0, 1 << 40], tf.int64)  # the same with or without input dropout
     drawn_masks = {"output": tf.random.stateless_uniform([B, drawn, L, H], out_seed)}
     if c.input_dropout:
         drawn_masks["input"] = tf.random.stateless_uniform([B, drawn, H], step_seed)
-    masks = {}
     for name, uniform in drawn_masks.items():
         mask = tf.cast(uniform < keep, tf.float32) / keep
         if c.variational_dropout:
@@ -454,10 +473,10 @@ def dropout_masks(config, step, rows=None):
 
 def training_loss(config, weights, inputs, targets, loss_weights, initial_state, masks, transposed):
     """The training forward pass from ``initial_state``: (mean loss over (B, T), final state per
-    layer). ``masks`` are dropout's (see :func:`dropout_masks`; {} without dropout),
+    layer). ``masks`` are dropout's and DropConnect's (see :func:`dropout_masks`; {} without either),
     ``transposed`` the layerwise kernels' (or {})."""
     outputs, final_state = lstm_stack(config, weights, inputs, initial_state, masks.get("input"), masks.get("output"),
-                                      transposed=transposed or None)
+                                      transposed=transposed or None, recurrent_mask=masks.get("recurrent"))
     loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
     return loss, final_state
 

@@ -108,13 +108,14 @@ class ReplicaTrainGraph:
             self.inputs = tf1.placeholder(tf.int32, [B, T], "inputs")
             self.targets = tf1.placeholder(tf.int32, [B, T], "targets")
             self.step = tf1.placeholder(tf.int64, [], "step")
-            masks = dropout_masks(c, self.step, rows) if c.dropout > 0 else {}
+            masks = dropout_masks(c, self.step, rows)
             if xla:
                 params = weights.trainable
                 loss, grads, final_state = _compiled_share(c, params, cluster.device, self.state.read(),
                                                            self.inputs, self.targets, masks)
             else:
-                transposed = _transposed_kernels(weights) if c.rnn_impl == "layerwise" else {}
+                transposed = (_transposed_kernels(weights, masks.get("recurrent")) if c.rnn_impl == "layerwise"
+                              else {})
                 loss, final_state = training_loss(c, weights, self.inputs, self.targets, tf.ones([B, T]),
                                                   self.state.read(), masks, transposed)
                 # After training_loss: made by the cell inside dynamic_rnn, the LSTM variables are
@@ -247,7 +248,7 @@ def _compiled_share(config, params, device, initial_state, inputs, targets, mask
     B, T = inputs.shape.as_list()
     with tf1.device(device):
         values = [tf.identity(p) for p in params]  # read once per step, here
-        transposed = _transposed_kernels(ModelWeights.from_values(c, values))
+        transposed = _transposed_kernels(ModelWeights.from_values(c, values), masks.get("recurrent"))
 
     def share(values, state, inputs, targets, masks, transposed):
         view = ModelWeights.from_values(c, values)

@@ -139,9 +139,12 @@ def test_a_workers_cell_graph_reads_the_ps_held_weights_once_per_step_not_in_eve
 def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_process(tmp_path):
     """On a cluster --xla compiles each worker's forward and backward pass (the weights read on
     the worker first: XLA cannot capture a variable on a ps); the result is still the single
-    process's, to XLA's float rounding."""
+    process's, to XLA's float rounding, with DropConnect (--weight_drop: every worker draws the
+    batch's one recurrent mask)."""
     data = make_data_dir(tmp_path, TEXT)
-    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla")
+    regularized = dict(weight_drop=0.3)
+    result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla",
+                                    *config_flags(regularized)[:-1])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[worker0] xla: XLA for each worker's forward and backward pass, for every worker (the chief's " \
            "choice)" in result.stderr
@@ -150,7 +153,8 @@ def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_proc
     with open(f"{save}/config.json") as f:
         assert json.load(f)["config"]["xla"] is True  # a single-machine resume compiles its step too
     single = str(tmp_path / "single")
-    config = tiny_config(**{**PER_WORKER, "batch_size": 2 * PER_WORKER["batch_size"], "rnn_impl": "layerwise"})
+    config = tiny_config(**{**PER_WORKER, **regularized, "batch_size": 2 * PER_WORKER["batch_size"],
+                            "rnn_impl": "layerwise"})
     trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
     single_tensors = checkpoint_tensors(single)
     for name, value in checkpoint_tensors(save).items():

@@ -275,6 +275,87 @@ def test_without_input_dropout_the_output_masks_are_unchanged():
     np.testing.assert_array_equal(drawn[False]["output"], drawn[True]["output"])
 
 
+def test_weight_drop_draws_one_recurrent_mask_per_step_for_the_whole_batch():
+    """--weight_drop: a (layers, H, 4H) mask of 0 and 1/keep on the recurrent kernels, drawn
+    from (seed, step), the same for every row (a replica's rows included), new at the next step,
+    and leaving the dropout masks of the same step and seed as they were."""
+    tf, tf1 = load()
+    config = tiny_config(vocab_size=5, num_layers=2, dropout=0.5, weight_drop=0.25)
+    from charrnn.model import dropout_masks
+
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf1.placeholder(tf.int64, [])
+        masks, half = dropout_masks(config, step), dropout_masks(config, step, slice(0, 2))
+        plain = dropout_masks(tiny_config(vocab_size=5, num_layers=2, dropout=0.5), step)
+    with tf1.Session(graph=graph) as session:
+        first, rows, without = session.run([masks, half, plain], {step: 0})
+        second = session.run(masks, {step: 1})
+    recurrent = first["recurrent"]
+    assert recurrent.shape == (2, 16, 64) and set(np.unique(recurrent)) == {0.0, np.float32(1 / 0.75)}
+    assert 0.15 < np.mean(recurrent == 0) < 0.35
+    assert not np.array_equal(recurrent[0], recurrent[1])  # each layer its own
+    np.testing.assert_array_equal(rows["recurrent"], recurrent)  # one mask for all rows
+    assert not np.array_equal(second["recurrent"], recurrent)
+    for name in ("input", "output"):
+        np.testing.assert_array_equal(first[name], without[name])
+    assert dropout_masks(tiny_config(), 0) == {}  # neither: nothing drawn
+
+
+def test_weight_drop_gradients_equal_tensorflows_derived_ones_and_skip_the_dropped_weights():
+    """With a DropConnect mask on W_h, the layerwise graph's written-out backward pass gives the
+    gradient TensorFlow derives for the same masked math, from a carried (non-zero) state; the
+    dropped entries of W_h get exactly 0; and the mask changes the loss."""
+    from charrnn.model import ModelWeights, _transposed_kernels, dropout_masks, training_loss
+
+    tf, tf1 = load()
+    config = tiny_config(vocab_size=7, num_layers=2, rnn_impl="layerwise", dropout=0.2, weight_drop=0.4)
+    B, T, H = config.batch_size, config.seq_length, config.hidden_size
+    rng = np.random.RandomState(0)
+    x, y = rng.randint(0, 7, (B, T)), rng.randint(0, 7, (B, T))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(0)
+        weights = ModelWeights(config)
+        masks = dropout_masks(config, tf.constant(3, tf.int64))
+        state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(tf.constant(rng.randn(B, H), tf.float32),
+                                                      tf.constant(rng.randn(B, H) * 0.5, tf.float32))
+                      for _ in range(2))
+        ones = tf.ones([B, T])
+        losses, grads = {}, {}
+        for name, step_masks, transposed in [
+                ("written", masks, _transposed_kernels(weights, masks["recurrent"])),
+                ("derived", masks, {}),
+                ("unmasked", {k: v for k, v in masks.items() if k != "recurrent"}, {})]:
+            losses[name], _ = training_loss(config, weights, x, y, ones, state, step_masks, transposed)
+            grads[name] = [tf.convert_to_tensor(g) for g in tf.gradients(losses[name], weights.trainable)]
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as session:
+        session.run(init)
+        losses, grads, recurrent_mask, kernels = session.run(
+            [losses, grads, masks["recurrent"], weights.kernels])
+    assert losses["written"] == pytest.approx(losses["derived"], rel=1e-6)
+    assert abs(losses["written"] - losses["unmasked"]) > 1e-4
+    for written, derived in zip(grads["written"], grads["derived"]):
+        assert np.abs(derived).max() > 0
+        np.testing.assert_allclose(written, derived, rtol=1e-4, atol=1e-6)
+    for layer, kernel_grad in enumerate(grads["written"][3::2]):  # (2H, 4H): [input; recurrent] rows
+        dropped = recurrent_mask[layer] == 0
+        assert dropped.any() and np.all(kernel_grad[H:][dropped] == 0)
+        assert np.all(kernel_grad[H:][~dropped] != 0)
+        assert kernels[layer].shape == kernel_grad.shape
+
+
+def test_weight_drop_needs_the_layerwise_graph():
+    from charrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--weight_drop needs --rnn_impl layerwise"):
+        tiny_config(weight_drop=0.3).validate()
+    with pytest.raises(ConfigError, match=r"--weight_drop must be in \[0, 1\)"):
+        tiny_config(weight_drop=1.0, rnn_impl="layerwise").validate()
+    tiny_config(weight_drop=0.3, rnn_impl="layerwise").validate()
+
+
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True}])
 def test_weight_decay_shrinks_the_matrices_apart_from_adams_step(write_data, tmp_path, graph):
     """One step with --weight_decay d ends where plain Adam's step ends, minus lr x d x the

@@ -51,7 +51,8 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3},
                                    {"decay_schedule": "cosine", "warmup_steps": 3},
                                    {"dropout": 0.3, "variational_dropout": True, "weight_decay": 0.1},
-                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "input_dropout": False}])
+                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "input_dropout": False},
+                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "weight_drop": 0.25}])
 def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path, graph):
     """With a seed, stopping and resuming changes nothing (same weights): for the default graph,
     for layerwise under XLA with dropout, whose backward pass is written out, and for a cosine
