@@ -406,7 +406,10 @@ class TrainGraph:
                 loss, final_state = training_loss(c, weights, inputs, targets, loss_weights, self.state.read(),
                                                   masks, transposed)
                 params = weights.trainable
-                apply, grad_norm = clipped_adam(c, self.lr, tf.gradients(loss, params), params, self.global_step)
+                # The cell graph keeps TensorFlow's IndexedSlices for the embedding (0.1.0's update);
+                # the layerwise graph's are dense, as a cluster's workers send theirs (charrnn/replica.py).
+                grads = dense_gradients(loss, params) if c.rnn_impl == "layerwise" else tf.gradients(loss, params)
+                apply, grad_norm = clipped_adam(c, self.lr, grads, params, self.global_step)
                 return loss, grad_norm, self.state.assign(final_state) + [apply]
 
             feeds = [self.inputs, self.targets, loss_weights, masks, transposed]  # nested: XLA keeps the structure
@@ -479,6 +482,19 @@ def training_loss(config, weights, inputs, targets, loss_weights, initial_state,
                                       transposed=transposed or None, recurrent_mask=masks.get("recurrent"))
     loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
     return loss, final_state
+
+
+def dense_gradients(loss, params):
+    """The gradients of ``loss`` with respect to ``params``, as dense tensors.
+
+    Through an embedding lookup TensorFlow derives IndexedSlices, one row per character of the
+    batch, and then clip_by_global_norm takes the norm of those rows, not of the gradient (each
+    character's rows summed), and Adam's sparse update squares each row, not their sum. Dense,
+    the norm and the update are the gradient's, so a cluster's workers, which average dense
+    gradients, end where one process of their whole batch does.
+    """
+    tf, _ = load()
+    return [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
 
 
 def clipped_adam(config, lr, grads, params, global_step):

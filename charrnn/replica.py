@@ -43,8 +43,8 @@ from charrnn.autotune import choose_xla
 from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
 from charrnn.config import Config
 from charrnn.errors import ConfigError
-from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dropout_masks,
-                           model_scope, training_loss)
+from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dense_gradients,
+                           dropout_masks, model_scope, training_loss)
 from charrnn.tfcompat import load
 from charrnn.train import Trainer, learning_rate_at, log, train
 
@@ -122,7 +122,7 @@ class ReplicaTrainGraph:
                 # read once per step; made before it, the loop reads them (on the ps) at every time step.
                 params = weights.trainable
                 # Dense (the embedding's gradient is IndexedSlices): the accumulators average tensors.
-                grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
+                grads = dense_gradients(loss, params)
             carried = self.state.assign(final_state) + [
                 snap[rows].assign(value) for pair, s in zip(self.snapshot.variables, final_state)
                 for snap, value in zip(pair, tf.nest.flatten(s))]
@@ -253,7 +253,7 @@ def _compiled_share(config, params, device, initial_state, inputs, targets, mask
     def share(values, state, inputs, targets, masks, transposed):
         view = ModelWeights.from_values(c, values)
         loss, final_state = training_loss(c, view, inputs, targets, tf.ones([B, T]), state, masks, transposed)
-        grads = [tf.convert_to_tensor(g) for g in tf.gradients(loss, values)]
+        grads = dense_gradients(loss, values)
         return [loss] + grads + [t for s in final_state for t in (s.c, s.h)]
 
     outputs = tf1.xla.experimental.compile(share, [values, initial_state, inputs, targets, masks, transposed])

@@ -346,6 +346,37 @@ def test_weight_drop_gradients_equal_tensorflows_derived_ones_and_skip_the_dropp
         assert kernels[layer].shape == kernel_grad.shape
 
 
+def test_layerwise_step_with_input_dropout_clips_and_applies_the_dense_gradient():
+    """With input dropout the layerwise graph looks the embedding up, so TensorFlow derives its
+    gradient as IndexedSlices, one row per character of the batch. The step clips the norm of the
+    gradient itself (each character's rows summed) and Adam squares that sum, as each worker of a
+    cluster sends it (dense): otherwise a cluster of W workers of batch B does not end where one
+    process of batch W*B does (here, on a text that repeats its characters, the norm of the rows
+    is 2% off, and with it every clipped weight's update)."""
+    tf, tf1 = load()
+    config = tiny_config(vocab_size=6, rnn_impl="layerwise", dropout=0.2, grad_clip=0.05, seed=3)
+    x = np.array([[0, 1, 2, 0, 1, 2, 0, 1]] * 4, np.int32)  # (B, T): each character 8 times or more
+    y = np.roll(x, -1, 1)
+    graph = tf.Graph()
+    with graph.as_default():
+        model = TrainGraph(config)
+        params = tf1.trainable_variables()
+        derived = tf.gradients(model.loss, params)
+        assert isinstance(derived[0], tf.IndexedSlices)  # the embedding's, what the step must densify
+        dense = [tf.convert_to_tensor(g) for g in derived]
+        second_moment = next(v for v in tf1.global_variables() if v.op.name.endswith("/embedding/Adam_1"))
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as session:
+        session.run(init)
+        grads, norm, _ = session.run([dense, model.grad_norm, model.train_op], {model.inputs: x, model.targets: y})
+        moment = session.run(second_moment)
+    true_norm = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+    assert true_norm > config.grad_clip  # so the norm scales every weight's update
+    assert norm == pytest.approx(true_norm, rel=1e-6)
+    clipped = grads[0] * (config.grad_clip / true_norm)  # (V, H)
+    np.testing.assert_allclose(moment, (1 - 0.999) * clipped ** 2, rtol=1e-4, atol=1e-16)
+
+
 def test_weight_drop_needs_the_layerwise_graph():
     from charrnn.errors import ConfigError
 
