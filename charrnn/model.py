@@ -488,10 +488,11 @@ def dense_gradients(loss, params):
     """The gradients of ``loss`` with respect to ``params``, as dense tensors.
 
     Through an embedding lookup TensorFlow derives IndexedSlices, one row per character of the
-    batch, and then clip_by_global_norm takes the norm of those rows, not of the gradient (each
-    character's rows summed), and Adam's sparse update squares each row, not their sum. Dense,
-    the norm and the update are the gradient's, so a cluster's workers, which average dense
-    gradients, end where one process of their whole batch does.
+    batch, and clip_by_global_norm then takes the norm of those rows, not of the gradient (each
+    character's rows summed): the clip factor, and the norm the log reports, are off whenever a
+    character repeats in the batch (0.36% at hidden 16 with dropout 0.2). Dense, the norm is the
+    gradient's, so a cluster's workers, which average dense gradients, end where one process of
+    their whole batch does. (Adam itself sums repeated rows before its sparse update.)
     """
     tf, _ = load()
     return [tf.convert_to_tensor(g) for g in tf.gradients(loss, params)]
