@@ -16,15 +16,20 @@ TF op each came from, which computation is which loop's body). No ``XLA_FLAGS`` 
 ``--xla_cpu_enable_xprof_traceme``, but the per-instruction events are there without it) and no
 ``--xla_dump_to`` are needed.
 
+XLA may run a large dot asynchronously on its intra-op thread pool (whose tasks are not
+traced): the instruction's event can end long before the product is done, and a later
+``end: NAME`` event marks its completion, so an op is taken to be in flight from its event's
+start to its ``end:`` mark. Independent products outside the loops (e.g. the gradients after a
+backward loop) are then in flight at the same time, sharing the two cores.
+
 Each instruction gets a category from that HLO (a dot inside a forward/backward loop body, a dot
 outside the loops, other instructions inside/outside loops). Wall time is then attributed along
-the timeline of every thread: at each instant the time is split evenly among the op events
-running then (two threads can each run one); time inside a loop's span (its body's first op to
-its last, per step) with no op running is loop overhead (thunk dispatch, the condition, starting
-each iteration); time of the step with no op running anywhere is "not covered" (the executor,
-XLA's launch, the session). The shares sum to 100% of the traced steps' wall time (SessionRun).
-The profiler adds a little per event, so the traced step is slower than the untraced one; both
-are printed.
+the timeline: at each instant the time is split evenly among the ops in flight then; time inside
+a loop's span (its body's first op to its last, per step) with no op in flight is loop overhead
+(thunk dispatch, the condition, starting each iteration); time of the step with no op in flight
+anywhere is "not covered" (the executor, XLA's launch, the session). The shares sum to 100% of
+the traced steps' wall time (SessionRun). The profiler adds a little per event, so the traced
+step is slower than the untraced one; both are printed.
 """
 import bisect
 import collections
@@ -51,6 +56,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 20, "Training steps traced (and as many timed untraced before them).")
 flags.DEFINE_integer("warmup", 10, "Steps run before anything is timed (the first compiles the step).")
 flags.DEFINE_string("logdir", None, "Keep the profiler's trace here (default: a temporary folder, removed).")
+flags.DEFINE_string("trace", None, "Parse this .xplane.pb (kept with --logdir by a run with the same config "
+                    "flags) instead of training and tracing.")
 define_benchmark_flags()
 
 # Categories, in the order the table prints them.
@@ -236,20 +243,63 @@ def _events(plane):
 def _label(name, instructions):
     """What an event is: (category, instruction name) for an HLO instruction, (TF_OPS, op) for a
     TensorFlow op, or None for the runtime's own events (SessionRun, ThunkExecutor::Execute...)."""
-    if name.startswith("end: "):
-        return None  # the thunk's completion bookkeeping, right after its op: the runtime's time
     if name in instructions:
         return instructions[name][0], name
-    if ":" in name and "::" not in name:  # the executor's "node name:OpType"
+    if ":" in name and "::" not in name and not name.startswith("end: "):  # the executor's "node:OpType"
         return TF_OPS, name
     return None
+
+
+def in_flight(events, instructions):
+    """[(start, end, label)]: when each op of the trace ran, from its event's start to its
+    completion. XLA runs a large dot asynchronously (on the intra-op pool, which is not traced):
+    its event ends when the product is dispatched, and an ``end: NAME`` event marks when it is
+    done; a small op's ``end:`` follows its event at once. A while instruction is left out: its
+    own event is only the loop's launch (see :func:`attribute` for loops)."""
+    starts, ends = collections.defaultdict(list), collections.defaultdict(list)
+    for _, start, end, name in events:
+        if name.startswith("end: "):
+            ends[name[len("end: "):]].append(start)
+        else:
+            label = _label(name, instructions)
+            if label is not None and not (label[0] == LOOP_OVERHEAD and name.startswith("while")):
+                starts[name].append((start, end, label))
+    spans = []
+    for name, runs in starts.items():
+        marks = sorted(ends.get(name, []))
+        k = 0
+        for start, end, label in sorted(runs):
+            # One instance of an instruction is in flight at a time: its completion is the
+            # first end mark after its start.
+            while k < len(marks) and marks[k] < start:
+                k += 1
+            done = end
+            if k < len(marks):
+                done = max(end, marks[k])
+                k += 1
+            spans.append((start, done, label))
+    return spans
+
+
+def _union(intervals):
+    """Total length of the union of (start, end) intervals."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
 
 
 def attribute(space, instructions):
     """Wall time per category over the traced steps (see the module docstring), and the raw facts.
 
-    Returns {"steps", "wall_ps", "category_ps": {category: ps}, "busy_ps": {category: ps},
-    "instruction": {name: [count, ps]}, "loop_ps": {loop: [span ps, ps of its body's ops]}}.
+    Returns {"steps", "wall_ps", "category_ps": {category: ps}, "busy_ps": {category: ps in
+    flight}, "instruction": {name: [count, ps in flight]}, "loop_ps": {loop: [span ps, ps covered
+    by its body's ops]}}.
     """
     plane = next(p for p in space.planes if p.name == "/host:CPU")
     events = _events(plane)
@@ -257,74 +307,46 @@ def attribute(space, instructions):
     if not runs:
         raise RuntimeError("the trace holds no SessionRun event")
     run_starts = [s for s, _ in runs]
-
-    # Per thread: split the timeline into segments labelled by the innermost labelled event.
-    threads = collections.defaultdict(list)
-    for thread, start, end, name in events:
-        label = _label(name, instructions)
-        if label is not None:
-            threads[thread].append((start, end, label))
+    spans = in_flight(events, instructions)
     per_instruction = collections.defaultdict(lambda: [0, 0])
     busy = collections.Counter()
-    segments = []  # (start, end, label): non-overlapping within a thread
-    for thread, spans in threads.items():
-        spans.sort(key=lambda s: (s[0], -s[1]))
-        stack, cursor = [], None  # open events, outermost first; where the last segment ended
+    for start, end, (category, name) in spans:
+        per_instruction[name][0] += 1
+        per_instruction[name][1] += end - start
+        busy[category] += end - start
 
-        def emit(upto):
-            nonlocal cursor
-            if stack and cursor is not None and upto > cursor:
-                segments.append((cursor, upto, stack[-1][2]))
-            cursor = upto
-
-        for start, end, label in spans:
-            while stack and stack[-1][1] <= start:
-                emit(stack[-1][1])
-                stack.pop()
-            emit(start)
-            stack.append((start, end, label))
-            per_instruction[label[1]][0] += 1
-            per_instruction[label[1]][1] += end - start
-            busy[label[0]] += end - start
-        while stack:
-            emit(stack[-1][1])
-            stack.pop()
-
-    # A while instruction's own event is only the loop's launch: its iterations run as
-    # continuations, on either thread. A loop's span in a step is from its body's first op to
-    # its last; what its ops do not cover there is the loop's overhead (thunk dispatch per op,
-    # the condition, starting each iteration).
-    windows = {}  # (loop, run index) -> [start, end]
-    loop_ops = collections.Counter()  # loop -> ps of its body's ops (not its condition)
-    for start, end, (category, name) in segments:
+    # A loop's iterations run as continuations, on either thread. Its span in a step is from its
+    # body's first op to its last; what its body's ops do not cover there is the loop's overhead
+    # (thunk dispatch, the condition, starting each iteration).
+    windows = collections.defaultdict(list)  # (loop, run index) -> [(start, end)] of its ops
+    for start, end, (category, name) in spans:
         loop = instructions.get(name, (None, 0, None))[2]
-        if loop is None:
-            continue
-        key = (loop, bisect.bisect_right(run_starts, start) - 1)
-        window = windows.setdefault(key, [start, end])
-        window[0], window[1] = min(window[0], start), max(window[1], end)
-        if category != LOOP_OVERHEAD:
-            loop_ops[loop] += end - start
-    loop_span = collections.Counter()
-    for (loop, _), (start, end) in windows.items():
-        loop_span[loop] += end - start
+        if loop is not None:
+            windows[(loop, bisect.bisect_right(run_starts, start) - 1)].append((start, end, category))
+    loops = collections.defaultdict(lambda: [0, 0])
+    bounds = []
+    for (loop, _), ops in windows.items():
+        first, last = min(o[0] for o in ops), max(o[1] for o in ops)
+        bounds.append((first, last))
+        loops[loop][0] += last - first
+        loops[loop][1] += _union([(s, e) for s, e, c in ops if c != LOOP_OVERHEAD])
 
-    # Across threads: split each instant among the ops running then; inside a loop's span with
-    # no op running it is loop overhead; with nothing at all, not covered.
+    # Over the timeline: split each instant among the ops in flight then; inside a loop's span
+    # with none in flight it is loop overhead; with nothing at all, not covered.
     points = [(s, 3, None) for s, _ in runs] + [(e, -3, None) for _, e in runs]
-    points += [(s, 2, None) for s, _ in windows.values()] + [(e, -2, None) for _, e in windows.values()]
-    for start, end, label in segments:
-        points += [(start, 1, label), (end, -1, label)]
+    points += [(s, 2, None) for s, _ in bounds] + [(e, -2, None) for _, e in bounds]
+    for start, end, label in spans:
+        points += [(start, 1, label[0]), (end, -1, label[0])]
     points.sort(key=lambda p: (p[0], p[1]))
     active, in_run, in_loop, previous = collections.Counter(), 0, 0, None
     spent = collections.Counter()
-    for t, kind, label in points:
+    for t, kind, category in points:
         if previous is not None and t > previous and in_run:
             span = t - previous
             running = sum(active.values())
             if running:
-                for (category, _), n in active.items():
-                    spent[category] += span * n / running
+                for name, n in active.items():
+                    spent[name] += span * n / running
             else:
                 spent[LOOP_OVERHEAD if in_loop else UNCOVERED] += span
         previous = t
@@ -333,12 +355,11 @@ def attribute(space, instructions):
         elif abs(kind) == 2:
             in_loop += 1 if kind > 0 else -1
         else:
-            active[label] += kind
-            if not active[label]:
-                del active[label]
-    loops = {loop: [loop_span[loop], loop_ops[loop]] for loop in loop_span}
+            active[category] += kind
+            if not active[category]:
+                del active[category]
     return {"steps": len(runs), "wall_ps": sum(e - s for s, e in runs), "category_ps": spent, "busy_ps": busy,
-            "instruction": per_instruction, "loop_ps": loops}
+            "instruction": per_instruction, "loop_ps": dict(loops)}
 
 
 def profile(space, config):
@@ -355,10 +376,17 @@ def profile(space, config):
     steps, wall = facts["steps"], facts["wall_ps"]
     ms = 1e-9 / steps  # ps over all traced steps -> ms per step
 
-    categories = {c: {"ms_per_step": round(facts["category_ps"][c] * ms, 3),
-                      "percent": round(100 * facts["category_ps"][c] / wall, 1),
-                      "busy_ms_per_step": round(facts["busy_ps"][c] * ms, 3)}
-                  for c in CATEGORIES}
+    flops = collections.Counter()  # category -> flops over the traced steps
+    for n, (count, _) in facts["instruction"].items():
+        if n in instructions:
+            flops[instructions[n][0]] += instructions[n][1] * count
+    categories = {}
+    for c in CATEGORIES:
+        spent = facts["category_ps"][c]
+        categories[c] = {"ms_per_step": round(spent * ms, 3), "percent": round(100 * spent / wall, 1),
+                         "in_flight_ms_per_step": round(facts["busy_ps"][c] * ms, 3)}
+        if flops[c] and spent:  # the products' throughput over the wall time attributed to them
+            categories[c]["gflops"] = round(flops[c] / (spent / 1e12) / 1e9, 1)
     loops = {}
     for loop, (span, covered) in sorted(facts["loop_ps"].items()):
         body = [n for n, info in instructions.items() if info[2] == loop and info[0] != LOOP_OVERHEAD]
@@ -382,19 +410,29 @@ def profile(space, config):
             outside.append({"instruction": n, "op": info[4], "shape": info[3], "us": round(total / count / 1e6, 1),
                             "gflops": round(info[1] * count / (total / 1e12) / 1e9, 1)})
     outside.sort(key=lambda p: -p["us"])
+    in_loops = []  # the other ops of the loop bodies, the costliest first
+    for n, info in instructions.items():
+        if info[0] == LOOP_FUSIONS and n in facts["instruction"]:
+            count, total = facts["instruction"][n]
+            in_loops.append({"instruction": n, "loop": info[2], "op": info[4], "us": round(total / count / 1e6, 2),
+                             "ms_per_step": round(total * ms, 3)})
+    in_loops.sort(key=lambda p: -p["ms_per_step"])
     return {"traced_steps": steps, "traced_ms_per_step": round(wall * ms, 2), "categories": categories,
-            "loops": loops, "recurrent_product": products, "products_outside_loops": outside}
+            "loops": loops, "recurrent_product": products, "products_outside_loops": outside,
+            "loop_body_ops": in_loops}
 
 
 def print_report(report):
     c = report["config"]
     print(f"{c['num_layers']}x{c['hidden_size']}, batch {c['batch_size']} x seq {c['seq_length']}, "
           f"rnn_impl {c['rnn_impl']}, xla {c['xla']}; CPU: {report['cpu']}")
-    print(f"step: {report['untraced_ms_per_step']} ms untraced (median of {report['traced_steps']}), "
-          f"{report['traced_ms_per_step']} ms traced (mean of {report['traced_steps']})")
-    print(f"{'category':<60} {'ms/step':>8} {'% wall':>7} {'busy ms':>8}")
+    untraced = "" if report["untraced_ms_per_step"] is None else \
+        f"{report['untraced_ms_per_step']} ms untraced (median of {report['traced_steps']}), "
+    print(f"step: {untraced}{report['traced_ms_per_step']} ms traced (mean of {report['traced_steps']})")
+    print(f"{'category':<60} {'ms/step':>8} {'% wall':>7} {'in flight':>9} {'GFLOP/s':>8}")
     for name, row in report["categories"].items():
-        print(f"{name:<60} {row['ms_per_step']:>8.2f} {row['percent']:>6.1f}% {row['busy_ms_per_step']:>8.2f}")
+        gflops = f"{row['gflops']:>8.1f}" if "gflops" in row else ""
+        print(f"{name:<60} {row['ms_per_step']:>8.2f} {row['percent']:>6.1f}% {row['in_flight_ms_per_step']:>9.2f} {gflops}")
     total = sum(r["percent"] for r in report["categories"].values())
     print(f"{'total':<60} {report['traced_ms_per_step']:>8.2f} {total:>6.1f}%")
     for loop, row in report["loops"].items():
@@ -405,7 +443,10 @@ def print_report(report):
               f"{row['mean_us']} us, {row['gflops']} GFLOP/s")
     for row in report["products_outside_loops"]:
         print(f"product outside loops {row['instruction']} {row['shape']} ({row['op']}): "
-              f"{row['us']} us, {row['gflops']} GFLOP/s")
+              f"{row['us']} us in flight, {row['gflops']} GFLOP/s over that")
+    for row in report["loop_body_ops"][:8]:
+        print(f"loop body op {row['instruction']} in {row['loop']} ({row['op']}): {row['us']} us each, "
+              f"{row['ms_per_step']} ms/step")
 
 
 def main():
@@ -414,6 +455,8 @@ def main():
         problems.append(f"--steps must be at least 1 (got {FLAGS.steps})")
     if FLAGS.warmup < 1:
         problems.append(f"--warmup must be at least 1, the step that compiles (got {FLAGS.warmup})")
+    if FLAGS.trace and not os.path.isfile(FLAGS.trace):
+        problems.append(f"--trace {FLAGS.trace}: no such file")
     if config.xla is False:
         problems.append("--noxla: this profile is of the XLA-compiled step; give --xla")
     if problems:
@@ -430,15 +473,17 @@ def main():
         if run.config.xla is None:  # --xla auto: profile the compiled step
             import dataclasses
             run = dataclasses.replace(run, config=dataclasses.replace(run.config, xla=True))
-        logdir = FLAGS.logdir or os.path.join(work, "trace")
-        untraced_ms, path = trace_steps(run, FLAGS.warmup, FLAGS.steps, logdir)
+        if FLAGS.trace:
+            untraced_ms, path = None, FLAGS.trace
+        else:
+            untraced_ms, path = trace_steps(run, FLAGS.warmup, FLAGS.steps, FLAGS.logdir or os.path.join(work, "trace"))
         space = xplane_pb2.XSpace()
         with open(path, "rb") as f:
             space.ParseFromString(f.read())
         report = {"cpu": cpu_model(),
                   "config": {k: getattr(run.config, k) for k in
                              ("hidden_size", "num_layers", "batch_size", "seq_length", "rnn_impl", "xla", "dropout")},
-                  "untraced_ms_per_step": round(untraced_ms, 2), **profile(space, run.config)}
+                  "untraced_ms_per_step": untraced_ms and round(untraced_ms, 2), **profile(space, run.config)}
         print_report(report)
         print(json.dumps(report))
     finally:
