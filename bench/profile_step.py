@@ -226,6 +226,29 @@ def classify(module, config):
     return table, loops
 
 
+def consumers(module):
+    """{instruction name: names of the instructions with a thunk that read its result} (through
+    tuples, bitcasts and get-tuple-elements, which have no thunk of their own)."""
+    users = collections.defaultdict(list)
+    for computation in module.computations:
+        for instruction in computation.instructions:
+            for operand in instruction.operand_ids:
+                users[operand].append(instruction)
+    passthrough = ("tuple", "get-tuple-element", "bitcast")
+
+    def readers(iid, seen):
+        for user in users[iid]:
+            if user.id in seen:
+                continue
+            seen.add(user.id)
+            if user.opcode in passthrough:
+                yield from readers(user.id, seen)
+            else:
+                yield user.name
+
+    return {i.name: set(readers(i.id, set())) for c in module.computations for i in c.instructions}
+
+
 # ---------------------------------------------------------------- the trace: where the time went
 
 def _events(plane):
@@ -250,34 +273,47 @@ def _label(name, instructions):
     return None
 
 
-def in_flight(events, instructions):
+def in_flight(events, instructions, readers):
     """[(start, end, label)]: when each op of the trace ran, from its event's start to its
-    completion. XLA runs a large dot asynchronously (on the intra-op pool, which is not traced):
-    its event ends when the product is dispatched, and an ``end: NAME`` event marks when it is
-    done; a small op's ``end:`` follows its event at once. A while instruction is left out: its
-    own event is only the loop's launch (see :func:`attribute` for loops)."""
+    completion. XLA runs some ops asynchronously (large dots, big copies, on the intra-op pool,
+    which is not traced): the event ends when the op is dispatched, and an ``end: NAME`` event is
+    logged when its completion is handled, which can lag the completion itself; a small op's
+    ``end:`` follows its event at once. So an op is in flight until its end mark or, if earlier,
+    until the first op that reads its result starts (``readers``, from the HLO). A while
+    instruction is left out: its own event is only the loop's launch (see :func:`attribute`)."""
     starts, ends = collections.defaultdict(list), collections.defaultdict(list)
+    launches = collections.defaultdict(list)  # every instruction event's start, by name
     for _, start, end, name in events:
         if name.startswith("end: "):
             ends[name[len("end: "):]].append(start)
-        else:
-            label = _label(name, instructions)
-            if label is not None and not (label[0] == LOOP_OVERHEAD and name.startswith("while")):
-                starts[name].append((start, end, label))
+            continue
+        label = _label(name, instructions)
+        if label is None:
+            continue
+        launches[name].append(start)
+        if not (label[0] == LOOP_OVERHEAD and name.startswith("while")):
+            starts[name].append((start, end, label))
+    for times in launches.values():
+        times.sort()
     spans = []
     for name, runs in starts.items():
         marks = sorted(ends.get(name, []))
         k = 0
         for start, end, label in sorted(runs):
-            # One instance of an instruction is in flight at a time: its completion is the
-            # first end mark after its start.
+            # One instance of an instruction is in flight at a time: its completion is handled
+            # at the first end mark after its start.
             while k < len(marks) and marks[k] < start:
                 k += 1
             done = end
             if k < len(marks):
                 done = max(end, marks[k])
                 k += 1
-            spans.append((start, done, label))
+            for reader in readers.get(name, ()):
+                times = launches.get(reader, [])
+                i = bisect.bisect_left(times, end)  # the reader's first start after this dispatch
+                if i < len(times) and times[i] < done:
+                    done = times[i]
+            spans.append((start, max(done, end), label))
     return spans
 
 
@@ -294,7 +330,7 @@ def _union(intervals):
     return total
 
 
-def attribute(space, instructions):
+def attribute(space, instructions, readers):
     """Wall time per category over the traced steps (see the module docstring), and the raw facts.
 
     Returns {"steps", "wall_ps", "category_ps": {category: ps}, "busy_ps": {category: ps in
@@ -307,7 +343,7 @@ def attribute(space, instructions):
     if not runs:
         raise RuntimeError("the trace holds no SessionRun event")
     run_starts = [s for s, _ in runs]
-    spans = in_flight(events, instructions)
+    spans = in_flight(events, instructions, readers)
     per_instruction = collections.defaultdict(lambda: [0, 0])
     busy = collections.Counter()
     for start, end, (category, name) in spans:
@@ -367,12 +403,13 @@ def profile(space, config):
     modules = _modules(space)
     if not modules:
         raise RuntimeError("the trace carries no HLO module: was the step compiled with XLA?")
-    instructions, loop_kinds = {}, {}
+    instructions, loop_kinds, readers = {}, {}, {}
     for module in modules:
         table, kinds = classify(module, config)
         instructions.update(table)
         loop_kinds.update(kinds)
-    facts = attribute(space, instructions)
+        readers.update(consumers(module))
+    facts = attribute(space, instructions, readers)
     steps, wall = facts["steps"], facts["wall_ps"]
     ms = 1e-9 / steps  # ps over all traced steps -> ms per step
 
@@ -410,16 +447,21 @@ def profile(space, config):
             outside.append({"instruction": n, "op": info[4], "shape": info[3], "us": round(total / count / 1e6, 1),
                             "gflops": round(info[1] * count / (total / 1e12) / 1e9, 1)})
     outside.sort(key=lambda p: -p["us"])
-    in_loops = []  # the other ops of the loop bodies, the costliest first
+    other_ops = {LOOP_FUSIONS: [], OTHER_XLA: []}  # the costliest first
     for n, info in instructions.items():
-        if info[0] == LOOP_FUSIONS and n in facts["instruction"]:
+        if info[0] in other_ops and n in facts["instruction"]:
             count, total = facts["instruction"][n]
-            in_loops.append({"instruction": n, "loop": info[2], "op": info[4], "us": round(total / count / 1e6, 2),
-                             "ms_per_step": round(total * ms, 3)})
-    in_loops.sort(key=lambda p: -p["ms_per_step"])
+            other_ops[info[0]].append({"instruction": n, "loop": info[2], "op": info[4],
+                                       "us": round(total / count / 1e6, 2), "ms_per_step": round(total * ms, 3)})
+    for rows in other_ops.values():
+        rows.sort(key=lambda p: -p["ms_per_step"])
+    for loop, row in loops.items():  # per iteration: the body's ops other than the product
+        rest = sum(r["ms_per_step"] for r in other_ops[LOOP_FUSIONS] if r["loop"] == loop)
+        row["other_ops_us_per_iteration"] = round(1000 * rest / row["iterations_per_step"], 2) \
+            if row["iterations_per_step"] else None
     return {"traced_steps": steps, "traced_ms_per_step": round(wall * ms, 2), "categories": categories,
             "loops": loops, "recurrent_product": products, "products_outside_loops": outside,
-            "loop_body_ops": in_loops}
+            "loop_body_ops": other_ops[LOOP_FUSIONS], "other_xla_ops": other_ops[OTHER_XLA]}
 
 
 def print_report(report):
@@ -437,7 +479,8 @@ def print_report(report):
     print(f"{'total':<60} {report['traced_ms_per_step']:>8.2f} {total:>6.1f}%")
     for loop, row in report["loops"].items():
         print(f"loop {loop} ({row['kind']}): {row['iterations_per_step']:.0f} iterations/step, "
-              f"{row['ms_per_step']} ms/step, overhead {row['overhead_us_per_iteration']} us/iteration")
+              f"{row['ms_per_step']} ms/step; per iteration: {row['other_ops_us_per_iteration']} us of ops "
+              f"besides the product, {row['overhead_us_per_iteration']} us overhead")
     for kind, row in report["recurrent_product"].items():
         print(f"recurrent product ({kind}) {row['shape']}: {row['count_per_step']:.0f}/step, mean "
               f"{row['mean_us']} us, {row['gflops']} GFLOP/s")
@@ -446,6 +489,9 @@ def print_report(report):
               f"{row['us']} us in flight, {row['gflops']} GFLOP/s over that")
     for row in report["loop_body_ops"][:8]:
         print(f"loop body op {row['instruction']} in {row['loop']} ({row['op']}): {row['us']} us each, "
+              f"{row['ms_per_step']} ms/step")
+    for row in report["other_xla_ops"][:8]:
+        print(f"XLA op outside loops {row['instruction']} ({row['op']}): {row['us']} us in flight, "
               f"{row['ms_per_step']} ms/step")
 
 
