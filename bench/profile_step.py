@@ -210,7 +210,7 @@ def classify(module, config):
                 scope = instruction.metadata.op_name.rsplit("/", 1)[0]
                 if scope in backward_scopes:
                     category = RECURRENT_GRAD
-                elif V in sizes and TB in sizes:
+                elif V in sizes and TB in sizes:  # by shapes: a vocabulary of exactly 4H would confuse the two
                     category = SOFTMAX_PRODUCTS
                 elif TB in sizes or V in sizes:  # layer 1+'s over T*B positions, layer 0's (V, H) table
                     category = INPUT_PRODUCTS
@@ -430,7 +430,8 @@ def profile(space, config):
         iterations = max((facts["instruction"][n][0] for n in body if n in facts["instruction"]), default=0)
         loops[loop] = {"kind": loop_kinds[loop], "iterations_per_step": iterations / steps,
                        "ms_per_step": round(span * ms, 3),
-                       "overhead_us_per_iteration": round((span - covered) / 1e6 / iterations, 2) if iterations else None}
+                       "overhead_us_per_iteration":
+                           round((span - covered) / 1e6 / iterations, 2) if iterations else None}
     products = {}
     for kind, category in (("forward", FORWARD_PRODUCTS), ("backward", BACKWARD_PRODUCTS)):
         names = [n for n, info in instructions.items() if info[0] == category and n in facts["instruction"]]
@@ -439,7 +440,8 @@ def profile(space, config):
             total = sum(facts["instruction"][n][1] for n in names)
             flops = sum(instructions[n][1] * facts["instruction"][n][0] for n in names)
             products[kind] = {"shape": instructions[names[0]][3], "count_per_step": count / steps,
-                              "mean_us": round(total / count / 1e6, 2), "gflops": round(flops / (total / 1e12) / 1e9, 1)}
+                              "mean_us": round(total / count / 1e6, 2),
+                              "gflops": round(flops / (total / 1e12) / 1e9, 1)}
     outside = []
     for n, info in instructions.items():
         if info[0] in (INPUT_PRODUCTS, RECURRENT_GRAD, SOFTMAX_PRODUCTS, OTHER_PRODUCTS) and n in facts["instruction"]:
@@ -474,7 +476,8 @@ def print_report(report):
     print(f"{'category':<60} {'ms/step':>8} {'% wall':>7} {'in flight':>9} {'GFLOP/s':>8}")
     for name, row in report["categories"].items():
         gflops = f"{row['gflops']:>8.1f}" if "gflops" in row else ""
-        print(f"{name:<60} {row['ms_per_step']:>8.2f} {row['percent']:>6.1f}% {row['in_flight_ms_per_step']:>9.2f} {gflops}")
+        print(f"{name:<60} {row['ms_per_step']:>8.2f} {row['percent']:>6.1f}% "
+              f"{row['in_flight_ms_per_step']:>9.2f} {gflops}")
     total = sum(r["percent"] for r in report["categories"].values())
     print(f"{'total':<60} {report['traced_ms_per_step']:>8.2f} {total:>6.1f}%")
     for loop, row in report["loops"].items():
