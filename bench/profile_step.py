@@ -36,18 +36,15 @@ import collections
 import glob
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from charrnn import train as trainer  # noqa: E402
-from charrnn.cli import benchmark_config, define_benchmark_flags, run_command  # noqa: E402
+from charrnn.cli import benchmark_config, benchmark_run, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TrainGraph  # noqa: E402
 from charrnn.tfcompat import cpu_model, load, session_config  # noqa: E402
@@ -513,12 +510,7 @@ def main():
 
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    work = tempfile.mkdtemp(prefix="charrnn-profile-")
-    try:
-        data_dir = os.path.join(work, "data")
-        os.makedirs(data_dir)
-        shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
-        run = trainer.prepare(config, data_dir, os.path.join(work, "unused"), cache_dir=os.path.join(work, "cache"))
+    with benchmark_run(config, FLAGS.data, "charrnn-profile-") as (run, work):
         if run.config.xla is None:  # --xla auto: profile the compiled step
             import dataclasses
             run = dataclasses.replace(run, config=dataclasses.replace(run.config, xla=True))
@@ -535,8 +527,6 @@ def main():
                   "untraced_ms_per_step": untraced_ms and round(untraced_ms, 2), **profile(space, run.config)}
         print_report(report)
         print(json.dumps(report))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ alone this measures what a plain ``charrnn-train`` trains: the default graph, ce
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from charrnn import train as trainer  # noqa: E402
 from charrnn.autotune import choose_xla  # noqa: E402
-from charrnn.cli import benchmark_config, config_argv, define_benchmark_flags, run_command  # noqa: E402
+from charrnn.cli import benchmark_config, benchmark_run, config_argv, define_benchmark_flags, run_command  # noqa: E402
 from charrnn.errors import ConfigError  # noqa: E402
 from charrnn.model import TrainGraph  # noqa: E402
 from charrnn.tfcompat import cpu_model, load, session_config  # noqa: E402
@@ -155,12 +152,8 @@ def main():
     if problems:
         raise ConfigError("; ".join(problems))
 
-    work = tempfile.mkdtemp(prefix="charrnn-speed-")
-    try:
+    with benchmark_run(config, FLAGS.data, "charrnn-speed-") as (run, work):
         data_dir = os.path.join(work, "data")
-        os.makedirs(data_dir)
-        shutil.copy(FLAGS.data, os.path.join(data_dir, "input.txt"))
-        run = trainer.prepare(config, data_dir, os.path.join(work, "unused"), cache_dir=os.path.join(work, "cache"))
         result = {"cpu": cpu_model()}
         if run.config.xla is None:  # --xla auto, as charrnn-train decides it
             use_xla, result["xla_auto"] = choose_xla(run.config, run.train)
@@ -178,8 +171,6 @@ def main():
         if FLAGS.memory_steps:
             result["memory"] = memory(data_dir, os.path.join(work, "memory"), config, FLAGS.memory_steps)
         print(json.dumps(result))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

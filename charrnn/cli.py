@@ -1,7 +1,10 @@
 """Command-line entry points. Flags live here only; library code takes a Config."""
+import contextlib
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -118,6 +121,23 @@ def benchmark_config(flag_values=FLAGS):
     elif not os.path.isfile(data):
         problems.append(f"--data {data}: no such file")
     return config, problems
+
+
+@contextlib.contextmanager
+def benchmark_run(config, data, prefix):
+    """A run of ``config`` prepared on a copy of the text file ``data`` in a temporary folder,
+    removed afterwards: yields (charrnn.train.Run, the folder), for bench scripts."""
+    from charrnn import train as trainer  # TensorFlow's graph code, only when a bench runs
+
+    work = tempfile.mkdtemp(prefix=prefix)
+    try:
+        data_dir = os.path.join(work, "data")
+        os.makedirs(data_dir)
+        shutil.copy(data, os.path.join(data_dir, "input.txt"))
+        yield (trainer.prepare(config, data_dir, os.path.join(work, "unused"), cache_dir=os.path.join(work, "cache")),
+               work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def config_argv(config):
