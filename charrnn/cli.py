@@ -10,7 +10,7 @@ from absl import app, flags
 
 from charrnn.config import Config, flag_fields
 from charrnn.errors import CharRNNError, ConfigError
-from charrnn.presets import PRESETS
+from charrnn.presets import PRESET_MINUTES, PRESETS
 from charrnn.rundir import CHECKPOINT_CHOICES
 
 FLAGS = flags.FLAGS
@@ -88,18 +88,19 @@ def define_preset_flag(flag_values=FLAGS):
 
 
 def config_from_flags(preset_name, flag_values=FLAGS):
-    """The Config the parsed flags describe, and the names of the fields they chose.
+    """The Config the parsed flags describe, and the names of the fields given as flags.
 
-    Explicit flags beat the preset, which beats the defaults; fields set by either count as
-    chosen, so a resume takes them over the saved run's values. Not validated: join
-    ``config.problems()`` with any other flag errors.
+    Explicit flags beat the preset, which beats the defaults. Only the explicit ones change a
+    resumed run (train.prepare): a preset describes how a run starts, so a resume keeps the saved
+    values of the preset's other fields, even where a later release changed the preset. Not
+    validated: join ``config.problems()`` with any other flag errors.
     """
     preset = PRESETS[preset_name] if preset_name else {}
     values, explicit = {}, []
     for field in flag_fields():
         flag = flag_values[field.name]
         values[field.name] = flag.value if flag.present else preset.get(field.name, flag.value)
-        if flag.present or field.name in preset:
+        if flag.present:
             explicit.append(field.name)
     return Config(**values), explicit
 
@@ -170,7 +171,8 @@ def _define_train_flags():
     flags.DEFINE_float("max_minutes", None, "Stop after this much wall time in this invocation "
                        "(checkpointed; run again to go on). A new run with --decay_schedule cosine or "
                        "linear and no --decay_steps ends its schedule there: the steps that fit are "
-                       "measured at start-up and saved as its decay_steps.")
+                       "measured at start-up and saved as its decay_steps. Default: the --preset's "
+                       "budget (cpu30: 30), else none; 0: no limit, whatever the preset.")
     define_preset_flag()
     define_config_flags()
     _define_cluster_flags()
@@ -245,7 +247,7 @@ def _train_task(train, clusters, cluster):
 
     run = _prepared_run(train, replica=(cluster.index, cluster.num_workers))
     result = replica.run_task(run, cluster, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
-                              max_minutes=FLAGS.max_minutes, timeout=FLAGS.cluster_timeout)
+                              max_minutes=_max_minutes(), timeout=FLAGS.cluster_timeout)
     return 128 + result.signum if result is not None and result.signum else 0
 
 
@@ -253,7 +255,7 @@ def _train_one(train):
     """charrnn-train as a single process."""
     run = _prepared_run(train)
     result = train.train(run, FLAGS.save_dir, FLAGS.log_dir, max_steps=FLAGS.max_steps,
-                         max_minutes=FLAGS.max_minutes)
+                         max_minutes=_max_minutes())
     if result.signum:
         sys.exit(128 + result.signum)
 
@@ -263,13 +265,21 @@ def _prepared_run(train, replica=None):
     problems = config.problems()
     if FLAGS.max_steps is not None and FLAGS.max_steps <= 0:
         problems.append(f"--max_steps must be positive (got {FLAGS.max_steps})")
-    if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
-        problems.append(f"--max_minutes must be positive (got {FLAGS.max_minutes})")
+    if FLAGS.max_minutes is not None and not FLAGS.max_minutes >= 0:
+        problems.append(f"--max_minutes must be positive, or 0 for no limit (got {FLAGS.max_minutes})")
     if problems:
         raise ConfigError("; ".join(problems))
     return train.prepare(config, FLAGS.data_dir, FLAGS.save_dir, explicit, FLAGS.fresh, FLAGS.cache_dir,
                          init_from=FLAGS.init_from, init_checkpoint=FLAGS.init_checkpoint,
-                         extend_vocab=FLAGS.extend_vocab, replica=replica, budget_minutes=FLAGS.max_minutes)
+                         extend_vocab=FLAGS.extend_vocab, replica=replica, budget_minutes=_max_minutes(),
+                         preset=FLAGS.preset)
+
+
+def _max_minutes():
+    """This invocation's time limit: --max_minutes if given (0: none), else the preset's budget."""
+    if FLAGS["max_minutes"].present:
+        return FLAGS.max_minutes or None
+    return PRESET_MINUTES.get(FLAGS.preset)
 
 
 def train_main():

@@ -21,6 +21,7 @@ from charrnn.data import EvalStream, TextLoader, Vocab, format_chars, split_ids
 from charrnn.errors import CharRNNError, ConfigError, TrainingError
 from charrnn.evaluate import evaluate_stream
 from charrnn.model import VOCAB_AXES, EvalGraph, SampleGraph, TrainGraph
+from charrnn.presets import PRESETS
 from charrnn.rundir import RunDir, restore, restore_into
 from charrnn.sample import generate_ids
 from charrnn.signals import StopSignal
@@ -49,7 +50,7 @@ class Run:
 
 
 def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
-            init_checkpoint="auto", extend_vocab=False, replica=None, budget_minutes=None):
+            init_checkpoint="auto", extend_vocab=False, replica=None, budget_minutes=None, preset=None):
     """Prepare the data and reconcile ``config`` with any run already in ``save_dir``.
 
     ``explicit`` names the fields the user set on the command line: on resume those override the
@@ -71,6 +72,9 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     is measured once, here (charrnn.autotune.budget_steps, deciding --xla auto first, since
     the two graphs differ in speed), and saved as decay_steps; ``run.budget_seconds`` is what the
     measurement took.
+
+    ``preset`` names the --preset ``config`` came from: a resume keeps the saved run's values of
+    its fields (only ``explicit`` ones change) and notes where they differ from the preset's.
     """
     config.validate()
     if extend_vocab and not init_from:
@@ -82,6 +86,8 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     resume = rundir.has_checkpoint() and not fresh
     if resume:
         saved, saved_vocab = rundir.read_config(), rundir.read_vocab()
+        kept = [f"{k} {getattr(saved, k)!r} (the preset's {getattr(config, k)!r})"
+                for k in PRESETS.get(preset, {}) if k not in explicit and getattr(saved, k) != getattr(config, k)]
         # The saved cleaning options apply unless given again: they decide the text's fingerprint.
         # An explicit "auto" (None) keeps the saved decision: a resume must build the same graph.
         config = dataclasses.replace(saved, **{k: getattr(config, k) for k in explicit
@@ -147,6 +153,9 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
                    if getattr(saved, k) != getattr(config, k)]
         if changed:
             notes.append("resume: changed " + ", ".join(changed))
+        if kept:
+            notes.append("resume: kept the saved run's " + ", ".join(kept) + f": --preset {preset} "
+                         "sets up new runs; pass a flag to change a resumed run's value")
         config.validate()
 
     train_ids, val_ids = split_ids(corpus.ids, config.val_frac)

@@ -82,6 +82,42 @@ def test_max_minutes_ends_a_new_cosine_schedule_with_the_time_and_a_resume_keeps
         assert json.load(f)["config"]["decay_steps"] == steps
 
 
+def test_preset_cpu30_brings_its_30_minute_budget_and_a_resume_keeps_the_saved_values(tmp_path):
+    """--preset cpu30 is a 30-minute recipe: a new run measures the steps that fit in 30 minutes
+    as its cosine schedule's end (--max_minutes 0 opts out); a resume keeps what the run saved for
+    the preset's fields unless a flag is given again, and says so."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "t.txt").write_text(TEXT)
+    tiny = ["--data_dir", data, "--log_dir", tmp_path / "logs", "--preset", "cpu30", "--hidden_size", 16,
+            "--num_layers", 1, "--batch_size", 4, "--seq_length", 8, "--noxla", "--max_steps", 2]
+
+    def saved(save):
+        with open(save / "config.json") as f:
+            return json.load(f)["config"]
+
+    budgeted = run_cli("charrnn-train", *tiny, "--save_dir", tmp_path / "a")
+    assert budgeted.returncode == 0, budgeted.stderr
+    steps = int(budgeted.stderr.split("budget: 30 min = ")[1].split(" steps")[0].replace(",", ""))
+    config = saved(tmp_path / "a")
+    assert (config["decay_schedule"], config["weight_decay"], config["decay_steps"]) == ("cosine", 0.1, steps)
+
+    unlimited = run_cli("charrnn-train", *tiny, "--save_dir", tmp_path / "b", "--max_minutes", 0,
+                        "--weight_decay", 0)
+    assert unlimited.returncode == 0, unlimited.stderr
+    assert "budget:" not in unlimited.stderr
+    config = saved(tmp_path / "b")
+    per_epoch = int(unlimited.stderr.split("training: ")[1].split(" batches/epoch")[0])
+    assert (config["weight_decay"], config["decay_steps"]) == (0.0, 50 * per_epoch)  # the preset's epochs
+
+    resumed = run_cli("charrnn-train", *tiny, "--save_dir", tmp_path / "b")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "budget:" not in resumed.stderr
+    assert ("resume: kept the saved run's weight_decay 0.0 (the preset's 0.1): --preset cpu30 sets up new "
+            "runs; pass a flag to change a resumed run's value") in resumed.stderr
+    assert saved(tmp_path / "b")["weight_decay"] == 0.0
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_signal_saves_and_exits(tmp_path, signame):
     import signal
