@@ -60,7 +60,7 @@ def choose_xla(config, loader, log=None):
 
 def steps_in_minutes(config, loader, val, minutes, log=None):
     """How many training steps of ``config`` fit in ``minutes`` of wall time, evaluations of
-    ``val`` (an EvalStream, or None) every eval_every steps and at epoch ends included.
+    ``val`` (an EvalStream, or None) every eval_every steps (and at epoch ends with the per-epoch schedule) included.
 
     Times, in throwaway graphs, the first steps (XLA's compilation), the mean of the next
     ROUNDS x STEPS_PER_ROUND steps (the mean, not the fastest: the budget must hold under the
@@ -91,7 +91,9 @@ def steps_in_minutes(config, loader, val, minutes, log=None):
             per_eval = time.perf_counter() - eval_started
     release_free_memory()
     seconds = time.perf_counter() - started
-    evals_per_step = 1 / config.eval_every + 1 / loader.num_batches if val is not None else 0.0
+    evals_per_step = 0.0
+    if val is not None:  # as charrnn.train validates
+        evals_per_step = 1 / config.eval_every + (1 / loader.num_batches if config.decay_schedule == "epoch" else 0)
     budget = 60 * minutes - seconds - first_steps  # the measurement is part of the budget
     steps = max(1, int(budget / (per_step + per_eval * evals_per_step)))
     if log:

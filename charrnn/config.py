@@ -124,7 +124,8 @@ class Config:
     # Bookkeeping.
     print_every: int = _field(50, "Steps between progress lines and summaries.", above=0)
     save_every: int = _field(500, "Steps between checkpoints.", above=0)
-    eval_every: int = _field(500, "Steps between validation runs (also at epoch ends).", above=0)
+    eval_every: int = _field(500, "Steps between validation runs (also at epoch ends with "
+                             "--decay_schedule epoch) and at the end.", above=0)
     patience: int = _field(0, "Stop after this many validations without improvement; 0 never "
                            "stops early.", min=0, zero="off")
     max_to_keep: int = _field(5, "Latest checkpoints to keep.", above=0)

@@ -463,10 +463,13 @@ class Trainer:
             def crossed(every):
                 return _crossed(before, step, every)
 
-            end_of_epoch = crossed(self.steps_per_epoch)
+            # Epochs matter to the per-epoch schedule (0.1.0's): it also validates at their ends.
+            # A step schedule validates every eval_every steps only: at 500 steps and 361-step
+            # epochs, the epoch ends took 5% of cpu30's 30 minutes.
+            epoch_eval = c.decay_schedule == "epoch" and crossed(self.steps_per_epoch)
             if crossed(c.print_every) or step >= self.total_steps:
                 progress.report()
-            if self.eval_model is not None and (crossed(c.eval_every) or end_of_epoch
+            if self.eval_model is not None and (crossed(c.eval_every) or epoch_eval
                                                 or step >= self.total_steps):
                 val_loss, validated = self.validate(), step
             status = self.stop_reason(step - self.first_step, max_steps, max_minutes) or status

@@ -167,6 +167,21 @@ def test_validation_best_checkpoint_and_summaries(write_data, tmp_path):
     assert {"loss", "bits_per_char"} <= tags("val")
 
 
+@pytest.mark.parametrize("schedule", ["epoch", "cosine"])
+def test_only_the_per_epoch_schedule_also_validates_at_epoch_ends(write_data, tmp_path, schedule):
+    """Every eval_every steps and at the end; at epoch ends too with the per-epoch schedule
+    (0.1.0's), whose learning rate changes there, but not with a step schedule, where they only
+    took time from a budget."""
+    data = write_data(TEXT * 2)
+    config = tiny_config(val_frac=0.2, eval_every=5, num_epochs=2, decay_schedule=schedule)
+    run, result = _train(config, data, str(tmp_path / "save"), str(tmp_path / "logs"))
+    per_epoch = run.train.num_batches
+    assert per_epoch % 5 and result.status == "complete"  # epoch ends fall between evaluations
+    every = set(range(5, 2 * per_epoch + 1, 5)) | {2 * per_epoch}
+    expected = every | {per_epoch} if schedule == "epoch" else every
+    assert [h["step"] for h in result.history] == sorted(expected)
+
+
 def test_a_run_stopped_by_its_budget_is_validated_at_the_step_it_stops(write_data, tmp_path):
     """--max_steps between two evaluations still ends with the validation loss of the weights it
     stops with (a budgeted schedule's last steps would otherwise never be scored), once."""
