@@ -60,7 +60,8 @@ def choose_xla(config, loader, log=None):
 
 def steps_in_minutes(config, loader, val, minutes, log=None):
     """How many training steps of ``config`` fit in ``minutes`` of wall time, evaluations of
-    ``val`` (an EvalStream, or None) every eval_every steps (and at epoch ends with the per-epoch schedule) included.
+    ``val`` (an EvalStream, or None) included: every eval_every steps, and at epoch ends with
+    the per-epoch schedule.
 
     Times, in throwaway graphs, the first steps (XLA's compilation), the mean of the next
     ROUNDS x STEPS_PER_ROUND steps (the mean, not the fastest: the budget must hold under the
