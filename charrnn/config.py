@@ -104,6 +104,13 @@ class Config:
                                 "hidden-to-hidden weights, the same ones for every row and time step "
                                 "of the batch (the rest scaled by 1/keep); 0 is off. Needs --rnn_impl "
                                 "layerwise.", min=0, below=1, zero="off")
+    zoneout_c: float = _field(0.0, "Zoneout on the LSTM cell state (Krueger et al. 2016): in training, each "
+                              "unit of each row keeps its previous cell value with this probability at "
+                              "each time step instead of updating; evaluation and sampling use the "
+                              "expectation, p x previous + (1 - p) x update. 0 is off. Needs --rnn_impl "
+                              "layerwise.", min=0, below=1, zero="off")
+    zoneout_h: float = _field(0.0, "Zoneout on the LSTM hidden state (the layer's output), as --zoneout_c "
+                              "does on the cell. Needs --rnn_impl layerwise.", min=0, below=1, zero="off")
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -190,6 +197,12 @@ def _problems(values, unset_ok):
     if _has_type(drop, float) and 0 < drop < 1 and values["rnn_impl"] != "layerwise":
         problems.append("--weight_drop needs --rnn_impl layerwise (the cell graph's LSTMCell reads its "
                         "recurrent kernel itself); add --rnn_impl layerwise (same checkpoints)")
+    zoned = [f"--{name}" for name in ("zoneout_c", "zoneout_h")
+             if _has_type(values[name], float) and 0 < values[name] < 1]
+    if zoned and values["rnn_impl"] != "layerwise":
+        problems.append(f"{' and '.join(zoned)} need{'s' if len(zoned) == 1 else ''} --rnn_impl layerwise "
+                        "(zoneout's training is written into the layerwise graph only); add --rnn_impl "
+                        "layerwise (same checkpoints)")
     if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":
         problems.append(f"--rnn_impl layerwise computes LSTMs only; train --model {values['model']} "
                         "with --rnn_impl cell")

@@ -1,10 +1,11 @@
 """The LSTM math, apart from the graphs that use it (as torch-rnn keeps LSTM.lua apart).
 
 LSTMCell's gate layout and forget bias (:func:`lstm_activations`), its state update
-(:func:`lstm_update`), GRUCell's and BasicRNNCell's (:func:`gru_update`, :func:`rnn_update`: the
-cells of ``--model gru`` and ``--model rnn``), a whole layer over time with its backward pass written out
-(:func:`lstm_layer`), the product whose gradient uses a pretransposed weight
-(:func:`matmul_pretransposed`) and the top-k/top-p filter on logits (:func:`filter_logits`).
+(:func:`lstm_update`), zoneout's (:func:`zone_out`), GRUCell's and BasicRNNCell's
+(:func:`gru_update`, :func:`rnn_update`: the cells of ``--model gru`` and ``--model rnn``), a whole
+layer over time with its backward pass written out (:func:`lstm_layer`), the product whose
+gradient uses a pretransposed weight (:func:`matmul_pretransposed`) and the top-k/top-p filter on
+logits (:func:`filter_logits`).
 charrnn/model.py assembles the training, evaluation and sampling graphs from these; the default
 training graph uses LSTMCell itself, and tests check that both agree.
 """
@@ -31,6 +32,17 @@ def lstm_update(gates, cell):
     return cell, o * tf.tanh(cell)
 
 
+def zone_out(previous, new, preserve):
+    """Zoneout (Krueger et al. 2016) of a state, (B, H): ``previous`` where ``preserve`` is 1 and
+    ``new`` where it is 0, for training's Bernoulli masks; with ``preserve`` the rate p (a float),
+    the expectation p * previous + (1 - p) * new that evaluation and sampling use (the paper's
+    test-time rule). ``new`` itself when ``preserve`` is None or 0, without an op: zoneout off
+    leaves the graph as it was."""
+    if preserve is None or (isinstance(preserve, (int, float)) and preserve == 0):
+        return new
+    return preserve * previous + (1.0 - preserve) * new
+
+
 def gru_update(inputs, hidden, recurrent_gates, recurrent_candidate, gates_bias, candidate_bias):
     """GRUCell's state update, the new hidden (B, H): ``inputs`` (B, 3H) are the input's products
     with the input rows of the gates kernel (2H columns: reset r, update u) and of the candidate
@@ -52,7 +64,7 @@ def rnn_update(inputs, hidden, recurrent, bias):
     return tf.tanh(inputs + tf.matmul(hidden, recurrent) + bias)
 
 
-def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
+def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, None)):
     """One LSTM layer over time: projected (T, B, 4H) input pre-activations (bias included),
     recurrent (H, 4H), initial state (B, H) each -> outputs (T, B, H), final cell, final hidden.
 
@@ -62,33 +74,54 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
     XLA runs 25-50% slower on this CPU), and the recurrent weights' gradient is one (H, T*B) @ (T*B, 4H)
     product after the loop instead of a small product plus a running sum at every time step.
     The math is lstm_update's; tests compare every gradient with TensorFlow's own.
+
+    ``preserve`` is zoneout's (cell, hidden) pair (see :func:`zone_out`), each None (off), a rate
+    (the expectation: evaluation) or a (T, B, H) mask of 0 and 1 (training). As in the paper's
+    equations, the candidate hidden state is o * tanh(candidate cell), the cell *before* zoneout
+    (c~ = f * c + i * j; a unit whose cell is preserved still updates its hidden from c~), and
+    the layer outputs the zoned hidden state, which is also what it carries.
     """
     tf, _ = load()
     T = tf.shape(projected)[0]
     steps = tf.TensorArray(tf.float32, size=T).unstack(projected)
+    preserve_cell, preserve_hidden = preserve
+
+    def at(mask, t):  # a mask's (B, H) slice at time t; a rate or None as it is
+        return mask[t] if isinstance(mask, tf.Tensor) else mask
 
     if recurrent_t is None:
         def body(t, cell, hidden, outputs):
-            cell, hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)
+            new_cell, new_hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)
+            cell = zone_out(cell, new_cell, at(preserve_cell, t))
+            hidden = zone_out(hidden, new_hidden, at(preserve_hidden, t))
             return t + 1, cell, hidden, outputs.write(t, hidden)
 
         _, cell, hidden, outputs = tf.while_loop(
             lambda t, *_: t < T, body, [tf.constant(0), cell, hidden, tf.TensorArray(tf.float32, size=T)])
         return outputs.stack(), cell, hidden
 
+    # With the cell zoned out, the backward pass needs the candidate cells c~ (for tanh and the
+    # output gate) beside the carried ones (for the forget gate): one more array, only then.
+    keep_candidates = preserve_cell is not None
+
     @tf.custom_gradient
     def layer(projected, recurrent, recurrent_t, cell0, hidden0):
-        def body(t, cell, hidden, outputs, cells, activations):
+        def body(t, cell, hidden, outputs, cells, activations, *candidates):
             i, j, f, o = lstm_activations(steps.read(t) + tf.matmul(hidden, recurrent))
-            cell = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
-            hidden = o * tf.tanh(cell)
+            candidate = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
+            new_hidden = o * tf.tanh(candidate)
+            cell = zone_out(cell, candidate, at(preserve_cell, t))
+            hidden = zone_out(hidden, new_hidden, at(preserve_hidden, t))
+            if keep_candidates:
+                candidates = (candidates[0].write(t, candidate),)
             return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
-                    activations.write(t, tf.concat([i, j, f, o], 1)))
+                    activations.write(t, tf.concat([i, j, f, o], 1))) + tuple(candidates)
 
-        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(3)]
-        _, cell, hidden, outputs, cells, activations = tf.while_loop(
+        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(4 if keep_candidates else 3)]
+        _, cell, hidden, outputs, cells, activations, *candidates = tf.while_loop(
             lambda t, *_: t < T, body, [tf.constant(0), cell0, hidden0] + arrays)
         outputs, cells, activations = outputs.stack(), cells.stack(), activations.stack()
+        candidates = candidates[0].stack() if keep_candidates else cells  # (T, B, H): c~
 
         def grad(d_outputs, d_cell, d_hidden):
             d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
@@ -97,7 +130,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
             # Everything that does not depend on the carried (dh, dc) is computed for all time
             # steps at once, so the reverse loop is one product and one small fusion per step.
             previous_cells = tf.concat([cell0[None], cells[:-1]], 0)  # (T, B, H)
-            tanh_cells = tf.tanh(cells)
+            tanh_cells = tf.tanh(candidates)
             i, j, f, o = tf.split(activations, 4, axis=2)
             h_to_c = o * (1.0 - tanh_cells * tanh_cells)  # dc += dh * h_to_c
             # d_gates = [dc, dc, dc, dh] * local, the activations' derivatives times their partners
@@ -108,9 +141,20 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden):
             def back(k, d_hidden, d_cell, d_steps):
                 t = T - 1 - k
                 d_h = d_outputs[t] + d_hidden
-                d_c = d_cell + d_h * h_to_c[t]
-                d_gates = tf.concat([d_c, d_c, d_c, d_h], 1) * local[t]  # (B, 4H)
-                return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f[t], d_steps.write(t, d_gates)
+                if preserve_cell is None and preserve_hidden is None:
+                    d_c = d_cell + d_h * h_to_c[t]
+                    d_gates = tf.concat([d_c, d_c, d_c, d_h], 1) * local[t]  # (B, 4H)
+                    return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f[t], d_steps.write(t, d_gates)
+                # Zoneout: h = p_h * h_prev + (1 - p_h) * h~, c likewise, so h~ and c~ get the
+                # (1 - p) part of the state's gradient and h_prev, c_prev the p part directly.
+                p_h, p_c = at(preserve_hidden, t), at(preserve_cell, t)
+                d_new_h = d_h if p_h is None else (1.0 - p_h) * d_h  # d h~
+                d_c = (d_cell if p_c is None else (1.0 - p_c) * d_cell) + d_new_h * h_to_c[t]  # d c~
+                d_gates = tf.concat([d_c, d_c, d_c, d_new_h], 1) * local[t]  # (B, 4H)
+                d_hidden = tf.matmul(d_gates, recurrent_t)
+                d_hidden = d_hidden if p_h is None else d_hidden + p_h * d_h
+                d_cell = d_c * f[t] if p_c is None else d_c * f[t] + p_c * d_cell
+                return k + 1, d_hidden, d_cell, d_steps.write(t, d_gates)
 
             _, d_hidden, d_cell, d_steps = tf.while_loop(
                 lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps])

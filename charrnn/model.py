@@ -15,7 +15,8 @@ EvalGraph and SampleGraph of any batch size. The LSTM math is in charrnn/lstm.py
 """
 import contextlib
 
-from charrnn.lstm import filter_logits, gru_update, lstm_layer, lstm_update, matmul_pretransposed, rnn_update
+from charrnn.lstm import (filter_logits, gru_update, lstm_layer, lstm_update, matmul_pretransposed, rnn_update,
+                          zone_out)
 from charrnn.tfcompat import load
 
 MAX_CHUNK = 4096  # most characters one sampling session.run generates
@@ -182,12 +183,16 @@ class ModelWeights:
     def cell_stack(self, dropout=False):
         """A MultiRNNCell of LSTMCells (GRUCells, BasicRNNCells for --model gru, rnn) over these
         weights; with ``dropout``, each layer's output is multiplied by a mask that arrives beside
-        the input (see _masked_cell_class)."""
+        the input (see _masked_cell_class). With zoneout rates, each LSTM layer takes zoneout's
+        expectation (evaluation and sampling; zoneout's training is the layerwise graph's)."""
         _, tf1 = load()
         H, model = self.config.hidden_size, self.config.model
         if model == "lstm":
             cells = [tf1.nn.rnn_cell.LSTMCell(H, initializer=self._kernel_initializer(layer))
                      for layer in range(self.config.num_layers)]
+            if self.config.zoneout_c or self.config.zoneout_h:
+                expected = _zoneout_expectation_cell_class()
+                cells = [expected(cell, self.config.zoneout_c, self.config.zoneout_h) for cell in cells]
         elif model == "gru":
             cells = [tf1.nn.rnn_cell.GRUCell(H, kernel_initializer=self._kernel_initializer(layer))
                      for layer in range(self.config.num_layers)]
@@ -244,7 +249,7 @@ class CarriedState:
 
 
 def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None, transposed=None,
-               recurrent_mask=None):
+               recurrent_mask=None, zoneout_masks=None):
     """Embedding and the LSTM stack: (B, T) ids -> (B, T, H) outputs and the final state per layer.
 
     ``config.rnn_impl`` picks the graph: "cell" is the design's MultiRNNCell through dynamic_rnn,
@@ -252,12 +257,18 @@ def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None,
     and ``masks`` (B, T, layers, H) are dropout masks, ``recurrent_mask`` (layers, H, 4H)
     DropConnect's on the recurrent kernels (layerwise only); ``transposed`` (training with
     layerwise only) the (masked) kernels' transposes for the written-out backward pass.
+    ``zoneout_masks`` (training, layerwise only) is zoneout's (cell, hidden) pair of
+    (layers, T, B, H) masks, either None where its rate is 0; without it, a config with zoneout
+    rates computes their expectation (evaluation).
     """
     tf, tf1 = load()
     if config.rnn_impl == "layerwise":
-        return _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask)
+        return _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask,
+                          zoneout_masks)
     if recurrent_mask is not None:
         raise ValueError("weight_drop needs rnn_impl 'layerwise'")  # Config.validate says so first
+    if any(mask is not None for mask in zoneout_masks or ()):
+        raise ValueError("zoneout needs rnn_impl 'layerwise'")  # Config.validate says so first
     inputs = tf.nn.embedding_lookup(weights.embedding, ids)  # (B, T, H)
     if masks is not None:
         inputs = (inputs if input_mask is None else inputs * input_mask, masks)
@@ -267,7 +278,8 @@ def lstm_stack(config, weights, ids, initial_state, input_mask=None, masks=None,
     return (outputs[0] if masks is not None else outputs), final_state
 
 
-def _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask=None):
+def _layerwise(config, weights, ids, initial_state, input_mask, masks, transposed, recurrent_mask=None,
+               zoneout_masks=None):
     """The same LSTM stack, computed one layer at a time (a while_loop over time per layer).
 
     Exactly the math of LSTMCell (gates i, j, f, o; forget bias 1; tanh) on the same variables,
@@ -291,9 +303,13 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
         recurrent = weights.recurrent_kernel(layer)  # (H, 4H)
         if recurrent_mask is not None:  # DropConnect: the gradient reaches W_h through the mask
             recurrent = recurrent * recurrent_mask[layer]
+        if zoneout_masks is None:  # evaluation: the expectation (rates of 0 are None: off)
+            preserve = (config.zoneout_c or None, config.zoneout_h or None)
+        else:
+            preserve = tuple(None if mask is None else mask[layer] for mask in zoneout_masks)  # (T, B, H)
         output, cell, hidden = lstm_layer(projected + weights.biases[layer], recurrent,
                                           transposed["recurrent"][layer] if transposed else None,
-                                          *initial_state[layer])  # (T, B, H)
+                                          *initial_state[layer], preserve=preserve)  # (T, B, H)
         final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
         if masks is not None:
             output = output * tf.transpose(masks[:, :, layer], [1, 0, 2])
@@ -337,6 +353,28 @@ def _seeded_rnn_cell_class():
             self.built = True
 
     return SeededRNNCell
+
+
+def _zoneout_expectation_cell_class():
+    """A DropoutWrapper subclass that replaces its LSTMCell's new state by zoneout's expectation,
+    p_c * c_prev + (1 - p_c) * c~ and the same for h with p_h, and outputs that h: the math of the
+    layerwise graph's evaluation (charrnn.lstm.zone_out), for the graphs built on cells (reading
+    the sampler's prime). DropoutWrapper is the base because it adds no variable scope (see
+    _masked_cell_class)."""
+    _, tf1 = load()
+
+    class ZoneoutExpectationCell(tf1.nn.rnn_cell.DropoutWrapper):
+        def __init__(self, cell, preserve_cell, preserve_hidden):
+            super().__init__(cell)
+            self._preserve = preserve_cell, preserve_hidden
+
+        def _call_wrapped_cell(self, inputs, state, cell_call_fn, **kwargs):
+            _, (new_cell, new_hidden) = cell_call_fn(inputs, state, **kwargs)
+            cell = zone_out(state.c, new_cell, self._preserve[0])
+            hidden = zone_out(state.h, new_hidden, self._preserve[1])
+            return hidden, tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden)
+
+    return ZoneoutExpectationCell
 
 
 def _masked_cell_class():
@@ -442,8 +480,10 @@ def dropout_masks(config, step, rows=None):
     """The training step's masks, scaled by 1/keep, for global step ``step`` (a tensor): with
     ``dropout``, {"output": (B, T, layers, H), "input": (B, T, H), unless not ``input_dropout``};
     with ``weight_drop``, {"recurrent": (layers, H, 4H)}, DropConnect's on the recurrent kernels,
-    one for the whole batch. {} without either. ``rows`` (a slice) keeps those rows of the
-    dropout masks of all B rows.
+    one for the whole batch; with ``zoneout_c`` / ``zoneout_h``, {"zoneout_c" / "zoneout_h":
+    (layers, T, B, H)}, 1 (probability p: keep the previous value) or 0 (update), not scaled.
+    {} without any. ``rows`` (a slice) keeps those rows of the dropout and zoneout masks of all
+    B rows.
 
     One seed per step, derived from (seed, step): stateless, so exact on resume, and a replica
     that trains some of the rows draws exactly their rows of a single process's masks (and the
@@ -458,6 +498,13 @@ def dropout_masks(config, step, rows=None):
     if c.weight_drop > 0:
         uniform = tf.random.stateless_uniform([L, H, 4 * H], step_seed + tf.constant([0, 2 << 40], tf.int64))
         masks["recurrent"] = tf.cast(uniform >= c.weight_drop, tf.float32) / (1.0 - c.weight_drop)
+    # Zoneout per unit, row and time step, time-major as the layerwise loop reads it; each part
+    # from its own seed offset, so turning one on leaves every other mask as it was.
+    for name, rate, offset in (("zoneout_c", c.zoneout_c, 3 << 40), ("zoneout_h", c.zoneout_h, 4 << 40)):
+        if rate > 0:
+            uniform = tf.random.stateless_uniform([L, T, B, H], step_seed + tf.constant([0, offset], tf.int64))
+            mask = tf.cast(uniform < rate, tf.float32)
+            masks[name] = mask if rows is None else mask[:, :, rows]
     if c.dropout == 0:
         return masks
     drawn = 1 if c.variational_dropout else T  # time steps that draw their own mask
@@ -476,10 +523,11 @@ def dropout_masks(config, step, rows=None):
 
 def training_loss(config, weights, inputs, targets, loss_weights, initial_state, masks, transposed):
     """The training forward pass from ``initial_state``: (mean loss over (B, T), final state per
-    layer). ``masks`` are dropout's and DropConnect's (see :func:`dropout_masks`; {} without either),
-    ``transposed`` the layerwise kernels' (or {})."""
+    layer). ``masks`` are dropout's, DropConnect's and zoneout's (see :func:`dropout_masks`; {}
+    without any), ``transposed`` the layerwise kernels' (or {})."""
     outputs, final_state = lstm_stack(config, weights, inputs, initial_state, masks.get("input"), masks.get("output"),
-                                      transposed=transposed or None, recurrent_mask=masks.get("recurrent"))
+                                      transposed=transposed or None, recurrent_mask=masks.get("recurrent"),
+                                      zoneout_masks=(masks.get("zoneout_c"), masks.get("zoneout_h")))
     loss, _, _ = sequence_loss(weights.project(outputs), targets, loss_weights)  # (B, T, V) logits
     return loss, final_state
 
@@ -701,7 +749,10 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
                 else:
                     gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
-                c, x = lstm_update(gates, c)
+                new_c, new_h = lstm_update(gates, c)
+                # zoneout's expectation, as evaluation computes it (no op without zoneout)
+                c = zone_out(c, new_c, weights.config.zoneout_c)
+                x = zone_out(h, new_h, weights.config.zoneout_h)
                 new_state.append(tf1.nn.rnn_cell.LSTMStateTuple(c, x))
         else:
             for layer, (h, (update, input_kernel, parts)) in enumerate(zip(state, recurrent0)):

@@ -140,11 +140,11 @@ def test_layerwise_workers_compile_their_share_with_xla_and_still_match_one_proc
     """On a cluster --xla compiles each worker's forward and backward pass (the weights read on
     the worker first: XLA cannot capture a variable on a ps); the result is still the single
     process's, to XLA's float rounding, with DropConnect (--weight_drop: every worker draws the
-    batch's one recurrent mask) and dropout on inputs and outputs (each worker draws its rows of
-    the batch's masks; the single process clips and applies the dense embedding gradient, as the
+    batch's one recurrent mask), zoneout and dropout on inputs and outputs (each worker draws its
+    rows of the batch's masks; the single process clips and applies the dense embedding gradient, as the
     workers send it, not TensorFlow's IndexedSlices of the input lookup)."""
     data = make_data_dir(tmp_path, TEXT)
-    regularized = dict(weight_drop=0.3, dropout=0.2)
+    regularized = dict(weight_drop=0.3, dropout=0.2, zoneout_c=0.5, zoneout_h=0.1)
     result, save, _ = local_cluster(tmp_path, data, "xla", "--rnn_impl=layerwise", "--xla",
                                     *config_flags(regularized)[:-1])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -301,3 +301,27 @@ def test_export_without_a_model_writes_nothing(tmp_path):
     _one_error_line(run_cli("charrnn-export", "--save_dir", tmp_path / "empty", "--out", tmp_path / "models"),
                     "holds no checkpoint")
     assert not os.path.exists(tmp_path / "models")
+
+
+def test_a_zoneout_model_exports_the_samplers_text_and_charrnn_evals_score(tmp_path):
+    """--zoneout_c/--zoneout_h: the SavedModel computes zoneout's expectation as the sampler and
+    evaluation do (the same functions build it), in plain TensorFlow."""
+    data = make_data_dir(tmp_path, TEXT)
+    save = str(tmp_path / "save")
+    config = tiny_config(num_layers=2, num_epochs=2, rnn_impl="layerwise", zoneout_c=0.5, zoneout_h=0.1)
+    trainer.train(trainer.prepare(config, data, save), save, str(tmp_path / "logs"))
+    version = export(save, str(tmp_path / "models"), xla=False)
+    calls = {"greedy": generate("To be", 60, 0.0), "seeded": generate("To be", 60, seed=3),
+             "score": score(TEXT[:200])}
+    plain = subprocess.run([sys.executable, "-c", PLAIN_TF, version], capture_output=True, text=True,
+                           input=json.dumps([[name, *call] for name, call in calls.items()]), timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    results = json.loads(plain.stdout.splitlines()[-1])
+    sampler = Sampler(save)
+    try:
+        assert results["greedy"]["text"] == "".join(sampler.generate("To be", 60, greedy=True))
+        assert results["seeded"]["text"] == "".join(sampler.generate("To be", 60, seed=3))
+    finally:
+        sampler.close()
+    expected = evaluate_text(save, TEXT[:200])["nats_per_char"]
+    assert abs(results["score"]["nats_per_char"] - expected) < 1e-5

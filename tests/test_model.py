@@ -387,6 +387,193 @@ def test_weight_drop_needs_the_layerwise_graph():
     tiny_config(weight_drop=0.3, rnn_impl="layerwise").validate()
 
 
+def _zoned_lstm_numpy(values, ids, state, preserve, input_mask=None, output_masks=None):
+    """A numpy reference: the logits (B, T, V) and final (c, h) per layer of LSTMCell's math with
+    zoneout, written from the paper's equations:
+    c~ = f c + i j, h~ = o tanh(c~), c = p_c c_prev + (1 - p_c) c~, h = p_h h_prev + (1 - p_h) h~,
+    the layer's output h. ``values``: (embedding, softmax_w, softmax_b, [kernel, bias] per layer);
+    ``preserve[layer]`` = (p_c, p_h), each a rate or a (T, B, H) mask; dropout masks as the
+    training graph takes them (input (B, T, H), output (B, T, layers, H))."""
+    def sigmoid(z):
+        return 1 / (1 + np.exp(-z))
+
+    embedding, softmax_w, softmax_b, *lstm = (np.asarray(v, np.float64) for v in values)
+    x = embedding[ids]  # (B, T, H)
+    if input_mask is not None:
+        x = x * input_mask
+    final = []
+    for layer, (kernel, bias) in enumerate(zip(lstm[0::2], lstm[1::2])):
+        c, h = (np.asarray(s, np.float64) for s in state[layer])
+        outputs = []
+        for t in range(ids.shape[1]):
+            i, j, f, o = np.split(np.concatenate([x[:, t], h], 1) @ kernel + bias, 4, axis=1)
+            candidate = sigmoid(f + 1.0) * c + sigmoid(i) * np.tanh(j)
+            new_hidden = sigmoid(o) * np.tanh(candidate)
+            p_c, p_h = (p if np.ndim(p) == 0 else p[t] for p in preserve[layer])
+            c, h = p_c * c + (1 - p_c) * candidate, p_h * h + (1 - p_h) * new_hidden
+            outputs.append(h)
+        x = np.stack(outputs, 1)  # (B, T, H)
+        if output_masks is not None:
+            x = x * output_masks[:, :, layer]
+        final.append((c, h))
+    return x @ softmax_w + softmax_b, final
+
+
+def _mean_loss_numpy(logits, targets):
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, targets[..., None], -1).mean()
+
+
+def test_zoneout_draws_per_unit_row_and_step_masks_from_seed_and_step():
+    """--zoneout_c/--zoneout_h: (layers, T, B, H) masks of 1 (keep the previous value, with the
+    rate's probability) and 0, new at every time step, row and step; a replica's rows are its
+    rows of the whole batch's; every other mask of the same step and seed is unchanged."""
+    tf, tf1 = load()
+    regularized = dict(vocab_size=5, num_layers=2, seq_length=6, dropout=0.5, weight_drop=0.25,
+                       rnn_impl="layerwise")
+    config = tiny_config(zoneout_c=0.5, zoneout_h=0.1, **regularized)
+    from charrnn.model import dropout_masks
+
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf1.placeholder(tf.int64, [])
+        masks, half = dropout_masks(config, step), dropout_masks(config, step, slice(2, 4))
+        plain = dropout_masks(tiny_config(**regularized), step)
+        cell_only = dropout_masks(tiny_config(zoneout_c=0.5, **regularized), step)
+    with tf1.Session(graph=graph) as session:
+        first, rows, without, only = session.run([masks, half, plain, cell_only], {step: 0})
+        second = session.run(masks, {step: 1})
+    assert sorted(first) == ["input", "output", "recurrent", "zoneout_c", "zoneout_h"]
+    for name, rate in (("zoneout_c", 0.5), ("zoneout_h", 0.1)):
+        mask = first[name]
+        assert mask.shape == (2, 6, 4, 16) and set(np.unique(mask)) == {0.0, 1.0}
+        assert rate - 0.06 < mask.mean() < rate + 0.06
+        assert not np.array_equal(mask[:, 0], mask[:, 1])  # each time step its own
+        assert not np.array_equal(mask[:, :, 0], mask[:, :, 1])  # each row its own
+        assert not np.array_equal(mask[0], mask[1])  # each layer its own
+        np.testing.assert_array_equal(rows[name], mask[:, :, 2:4])
+        assert not np.array_equal(second[name], mask)
+    assert not np.array_equal(first["zoneout_c"], first["zoneout_h"] > 0)
+    for name in ("input", "output", "recurrent"):
+        np.testing.assert_array_equal(first[name], without[name])
+    assert sorted(only) == ["input", "output", "recurrent", "zoneout_c"]
+    np.testing.assert_array_equal(only["zoneout_c"], first["zoneout_c"])
+
+
+def test_zoneout_gradients_equal_tensorflows_derived_ones():
+    """With zoneout masks on c and h (and dropout), the layerwise graph's written-out backward
+    pass gives the gradient TensorFlow derives for the same zoned math, from a carried (non-zero)
+    state; the loss is the numpy reference's of the paper's equations with those masks; and the
+    masks change the loss. Also with h alone zoned (the backward pass then keeps no candidates)."""
+    from charrnn.model import ModelWeights, _transposed_kernels, dropout_masks, training_loss
+
+    tf, tf1 = load()
+    for rates in ({"zoneout_c": 0.5, "zoneout_h": 0.3}, {"zoneout_h": 0.3}):
+        config = tiny_config(vocab_size=7, num_layers=2, rnn_impl="layerwise", dropout=0.2, **rates)
+        B, T, H = config.batch_size, config.seq_length, config.hidden_size
+        rng = np.random.RandomState(0)
+        x, y = rng.randint(0, 7, (B, T)), rng.randint(0, 7, (B, T))
+        initial = [(rng.randn(B, H), rng.randn(B, H) * 0.5) for _ in range(2)]
+        graph = tf.Graph()
+        with graph.as_default():
+            tf1.set_random_seed(0)
+            weights = ModelWeights(config)
+            masks = dropout_masks(config, tf.constant(3, tf.int64))
+            state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(*(tf.constant(s, tf.float32) for s in pair))
+                          for pair in initial)
+            ones = tf.ones([B, T])
+            losses, grads = {}, {}
+            for name, step_masks, transposed in [
+                    ("written", masks, _transposed_kernels(weights)),
+                    ("derived", masks, {}),
+                    ("unzoned", {k: v for k, v in masks.items() if not k.startswith("zoneout")}, {})]:
+                losses[name], _ = training_loss(config, weights, x, y, ones, state, step_masks, transposed)
+                grads[name] = [tf.convert_to_tensor(g) for g in tf.gradients(losses[name], weights.trainable)]
+            init = tf1.global_variables_initializer()
+        with tf1.Session(graph=graph) as session:
+            session.run(init)
+            losses, grads, drawn, values = session.run([losses, grads, masks, weights.trainable])
+        assert losses["written"] == pytest.approx(losses["derived"], rel=1e-6)
+        assert abs(losses["written"] - losses["unzoned"]) > 1e-3
+        preserve = [tuple(drawn[name][layer] if name in drawn else 0.0 for name in ("zoneout_c", "zoneout_h"))
+                    for layer in range(2)]
+        logits, _ = _zoned_lstm_numpy(values, x, initial, preserve, drawn["input"], drawn["output"])
+        assert losses["written"] == pytest.approx(_mean_loss_numpy(logits, y), rel=1e-5)
+        for written, derived in zip(grads["written"], grads["derived"]):
+            assert np.abs(derived).max() > 0
+            np.testing.assert_allclose(written, derived, rtol=1e-4, atol=1e-6, err_msg=str(rates))
+
+
+def test_zoneout_evaluation_uses_the_expectation_in_both_graphs():
+    """Evaluation with zoneout rates computes p * previous + (1 - p) * update for c and h: the
+    layerwise evaluation graph's logits, loss and carried state equal the numpy reference of the
+    expectation from a non-zero state, and the cell graph (the sampler's prime reader) agrees."""
+    import dataclasses
+
+    tf, tf1 = load()
+    config = tiny_config(vocab_size=7, num_layers=2, rnn_impl="layerwise", zoneout_c=0.5, zoneout_h=0.2)
+    B, T, H = config.batch_size, config.seq_length, config.hidden_size
+    rng = np.random.RandomState(1)
+    x, y = rng.randint(0, 7, (B, T)), rng.randint(0, 7, (B, T))
+    initial = [(rng.randn(B, H), rng.randn(B, H) * 0.5) for _ in range(2)]
+    results = {}
+    for rnn_impl in ("layerwise", "cell"):
+        c = dataclasses.replace(config, rnn_impl=rnn_impl)  # "cell" is refused for training only
+        session, model = _session(c, EvalGraph)
+        # embedding, softmax_w, softmax_b, then each layer's kernel and bias, in the order made
+        values = session.run(session.graph.get_collection("trainable_variables"))
+        for (cell, hidden), (saved_c, saved_h) in zip(model.state.variables, initial):
+            cell.load(saved_c, session)
+            hidden.load(saved_h, session)
+        results[rnn_impl] = session.run([model.logits, model.loss], {model.inputs: x, model.targets: y})
+        results[rnn_impl].append(session.run(model.state.variables))
+        session.close()
+    logits, final = _zoned_lstm_numpy(values, x, initial, [(0.5, 0.2)] * 2)
+    plain, _ = _zoned_lstm_numpy(values, x, initial, [(0.0, 0.0)] * 2)
+    assert np.abs(logits - plain).max() > 1e-3  # the expectation is not the plain LSTM
+    for rnn_impl, (got_logits, loss, state) in results.items():
+        np.testing.assert_allclose(got_logits, logits, rtol=1e-4, atol=1e-5, err_msg=rnn_impl)
+        assert loss == pytest.approx(_mean_loss_numpy(logits, y), rel=1e-5)
+        for got, want in zip(state, final):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=rnn_impl)
+
+
+def test_zoneout_trains_samples_greedily_along_the_evaluation_graph(write_data, tmp_path):
+    """A run with zoneout trains (layerwise), and its greedy sample is, character by character,
+    the argmax of the evaluation graph's logits (the expectation) after the text before it."""
+    from charrnn.rundir import RunDir
+    from charrnn.sample import Sampler
+
+    config = tiny_config(num_layers=2, rnn_impl="layerwise", zoneout_c=0.5, zoneout_h=0.1, num_epochs=3)
+    save = str(tmp_path / "save")
+    run = trainer.prepare(config, write_data("Now is the winter of our discontent. " * 10), save)
+    assert trainer.train(run, save, str(tmp_path / "logs")).status == "complete"
+    sampler = Sampler(save)
+    prime = "Now is "
+    text = "".join(sampler.generate(prime, 40, greedy=True))
+    assert "".join(sampler.generate(prime, 40, greedy=True, chunk_size=7)) == text
+    sampler.close()
+    model = RunDir(save).open_model("auto")
+    assert model.config.zoneout_c == 0.5 and model.config.zoneout_h == 0.1
+    ids = list(model.vocab.encode(text))
+    session, graph = model.restore(lambda c: EvalGraph(c, batch_size=1, seq_length=len(ids) - 1))
+    logits = session.run(graph.logits, {graph.inputs: [ids[:-1]], graph.targets: [ids[1:]]})[0]
+    session.close()
+    assert list(np.argmax(logits, -1)[len(prime) - 1:]) == ids[len(prime):]
+
+
+def test_zoneout_needs_the_layerwise_graph():
+    from charrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--zoneout_c needs --rnn_impl layerwise"):
+        tiny_config(zoneout_c=0.5).validate()
+    with pytest.raises(ConfigError, match="--zoneout_c and --zoneout_h need --rnn_impl layerwise"):
+        tiny_config(zoneout_c=0.5, zoneout_h=0.05).validate()
+    with pytest.raises(ConfigError, match=r"--zoneout_h must be in \[0, 1\)"):
+        tiny_config(zoneout_h=1.0, rnn_impl="layerwise").validate()
+    tiny_config(zoneout_c=0.5, zoneout_h=0.05, rnn_impl="layerwise").validate()
+
+
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True}])
 def test_weight_decay_shrinks_the_matrices_apart_from_adams_step(write_data, tmp_path, graph):
     """One step with --weight_decay d ends where plain Adam's step ends, minus lr x d x the

@@ -52,11 +52,14 @@ def test_resume_continues_step_learning_rate_and_data_position(write_data, tmp_p
                                    {"decay_schedule": "cosine", "warmup_steps": 3},
                                    {"dropout": 0.3, "variational_dropout": True, "weight_decay": 0.1},
                                    {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "input_dropout": False},
-                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "weight_drop": 0.25}])
+                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "weight_drop": 0.25},
+                                   {"rnn_impl": "layerwise", "xla": True, "dropout": 0.3, "zoneout_c": 0.5,
+                                    "zoneout_h": 0.1}])
 def test_interrupted_and_uninterrupted_runs_end_identical(write_data, tmp_path, graph):
     """With a seed, stopping and resuming changes nothing (same weights): for the default graph,
-    for layerwise under XLA with dropout, whose backward pass is written out, and for a cosine
-    schedule, whose learning rate changes at every step."""
+    for layerwise under XLA with dropout, whose backward pass is written out (also with
+    DropConnect and with zoneout), and for a cosine schedule, whose learning rate changes at every
+    step."""
     data = write_data(TEXT)
     config = tiny_config(num_epochs=2, **graph)
     _train(config, data, str(tmp_path / "a"), str(tmp_path / "la"))
