@@ -46,7 +46,7 @@ from charrnn.errors import ConfigError
 from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dense_gradients,
                            dropout_masks, model_scope, training_loss)
 from charrnn.tfcompat import load
-from charrnn.train import Trainer, learning_rate_at, log, train
+from charrnn.train import Trainer, learning_rate_at, log, run_length, train
 
 STOP = -1  # the token that ends a worker's loop
 # Sessions a task leaves open until its process ends: closing one whose ps task has already
@@ -367,7 +367,7 @@ class AsyncChiefTrainer(ChiefTrainer):
         self.timeout, self.joined = timeout, False
         model = self.model
         self.steps_per_epoch = self.loader.num_batches * model.num_workers
-        self.total_steps = self.config.num_epochs * self.steps_per_epoch
+        self.total_steps = run_length(self.config, self.steps_per_epoch)
         self.chars_per_step = self.loader.batch_size * self.config.seq_length  # one worker's batch
         self.counts_others = True  # progress lines: the cluster's speed, from the global step
         self.session.run(model.reset_records, {model.next_step: self.step})
@@ -591,7 +591,7 @@ def _work(run, cluster, server, timeout):
     if not c.sync_replicas:
         return _work_async(run, cluster, server, session, model)
     share = _Share(session, model, loader, cluster.name)
-    total = c.num_epochs * loader.num_batches
+    total = run_length(c, loader.num_batches)
     losses, computing, waiting, steps = [], 0.0, 0.0, 0
     try:
         last = int(session.run(model.pushed[cluster.index]))  # a restarted worker's predecessor's
@@ -624,7 +624,7 @@ def _work_async(run, cluster, server, session, model):
     global step reaches the run's end or the chief has stopped."""
     c = run.config
     steps_per_epoch = run.train.num_batches * cluster.num_workers
-    total = c.num_epochs * steps_per_epoch
+    total = run_length(c, steps_per_epoch)
     step = int(session.run(model.global_step))
     share = _OwnPace(session, model, run, cluster.name, steps_per_epoch, step)
     losses, steps, started = [], 0, time.perf_counter()

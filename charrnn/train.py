@@ -358,7 +358,7 @@ class Trainer:
         # Global steps per epoch: the loader's batches, except on an asynchronous cluster, where
         # a global step is one worker's batch (see charrnn.replica).
         self.steps_per_epoch = self.loader.num_batches
-        self.total_steps = self.config.num_epochs * self.steps_per_epoch
+        self.total_steps = run_length(self.config, self.steps_per_epoch)
         self.chars_per_step = self.config.batch_size * self.config.seq_length  # trained on by train_step
         self.best = rundir.read_best()
         self.evals_since_best = 0
@@ -443,8 +443,13 @@ class Trainer:
         log(f"training: {loader.num_batches} batches/epoch, {c.num_epochs} epochs, "
             f"{self.total_steps} steps; starting at step {self.step}")
         if self.step >= self.total_steps:
-            log(f"nothing to do: step {self.step} already reaches {c.num_epochs} epochs; "
-                "raise --num_epochs to go on")
+            if self.total_steps < c.num_epochs * self.steps_per_epoch:
+                log(f"nothing to do: step {self.step} is the end of the {c.decay_schedule} schedule, whose "
+                    f"learning rate reached 0 at step {c.decay_steps:,}; raise --final_lr_frac or "
+                    "--decay_steps to go on")
+            else:
+                log(f"nothing to do: step {self.step} already reaches {c.num_epochs} epochs; "
+                    "raise --num_epochs to go on")
             return TrainResult("complete", self.step, best=self.best)
 
         progress = _Progress(self)
@@ -498,6 +503,16 @@ class Trainer:
         prime = [vocab.index.get("\n", 0)]
         return "".join(vocab.decode(ids) for ids in
                        generate_ids(self.session, self.sample_model, prime, n, seed=self.step))
+
+
+def run_length(config, steps_per_epoch):
+    """The global step a run ends at: --num_epochs of ``steps_per_epoch`` steps, or before that
+    the end of a 'cosine' or 'linear' schedule that decays to 0 (--final_lr_frac 0), after which
+    no update changes a weight (a budgeted run ends with its budget, not idling to its time)."""
+    total = config.num_epochs * steps_per_epoch
+    if config.decay_schedule != "epoch" and config.final_lr_frac == 0 and config.decay_steps:
+        total = min(total, config.decay_steps)
+    return total
 
 
 def learning_rate_at(config, batches_per_epoch, step):

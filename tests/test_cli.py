@@ -74,7 +74,8 @@ def test_max_minutes_ends_a_new_cosine_schedule_with_the_time_and_a_resume_keeps
     with open(save / "config.json") as f:
         saved = json.load(f)["config"]
     assert saved["decay_steps"] == steps and saved["xla"] in (True, False)
-    assert "max_minutes: step" in err
+    # It ends with its time, or with its schedule if the time measured at start-up was pessimistic.
+    assert "max_minutes: step" in err or f"complete: step {steps}/{steps}," in err
     again = run_cli("charrnn-train", *args, "--max_minutes", 0.05)
     assert again.returncode == 0, again.stderr
     assert "budget:" not in again.stderr and "resumed from" in again.stderr

@@ -83,6 +83,28 @@ def test_budgeted_schedules_warm_up_then_decay_to_the_end_of_the_budget(schedule
     assert all(a > b for a, b in zip(rates, rates[1:]))
 
 
+def test_a_schedule_that_decays_to_0_ends_the_run_there(write_data, tmp_path, capsys):
+    """With --final_lr_frac 0, no update after --decay_steps changes a weight: the run completes
+    there, not at --num_epochs (a budgeted run ends with its budget instead of idling to its time);
+    a resume says what to raise. With a final rate above 0, the run goes on to its epochs."""
+    data = write_data(TEXT)
+    config = tiny_config(num_epochs=3, decay_schedule="cosine", warmup_steps=2, decay_steps=10)
+    save, logs = str(tmp_path / "save"), str(tmp_path / "logs")
+    run, result = _train(config, data, save, logs)
+    assert run.train.num_batches * 3 > 10 and trainer.run_length(run.config, run.train.num_batches) == 10
+    assert (result.status, result.step) == ("complete", 10)
+    assert checkpoint_tensors(save)["model/global_step"] == 10
+    capsys.readouterr()
+    _, again = _train(config, data, save, logs)
+    assert (again.status, again.step) == ("complete", 10)
+    assert ("nothing to do: step 10 is the end of the cosine schedule, whose learning rate reached 0 at step "
+            "10; raise --final_lr_frac or --decay_steps to go on") in capsys.readouterr().err
+    floor = tiny_config(num_epochs=3, decay_schedule="cosine", warmup_steps=2, decay_steps=10, final_lr_frac=0.1)
+    run, result = _train(floor, data, str(tmp_path / "floor"), logs)
+    assert result.step == 3 * run.train.num_batches
+    assert trainer.run_length(tiny_config(num_epochs=3, decay_steps=10), 7) == 21  # per-epoch: epochs
+
+
 def test_the_epoch_schedule_is_0_1_0s_per_epoch_decay():
     config = tiny_config(decay_rate=0.5, learning_rate=1.0, warmup_steps=10)  # 'epoch' has no warm-up
     assert [trainer.learning_rate_at(config, 7, s) for s in (0, 6, 7, 20, 21)] == [1, 1, 0.5, 0.25, 0.125]
