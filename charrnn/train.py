@@ -25,7 +25,7 @@ from charrnn.presets import PRESETS
 from charrnn.rundir import RunDir, restore, restore_into
 from charrnn.sample import generate_ids
 from charrnn.signals import StopSignal
-from charrnn.tfcompat import load, release_free_memory, session_config
+from charrnn.tfcompat import load, release_free_memory, session_config, steady_malloc
 
 LN2 = math.log(2)
 CLEANING_FIELDS = ("bad_text", "min_char_count")  # how the text is prepared: part of data_sha256
@@ -77,6 +77,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
     its fields (only ``explicit`` ones change) and notes where they differ from the preset's.
     """
     config.validate()
+    steady_malloc()  # before any step is timed or run: glibc's warm-up would slow the first ~45
     if extend_vocab and not init_from:
         raise ConfigError("--extend_vocab needs --init_from SAVE_DIR: it adds the text's new characters "
                           "to that model's vocabulary")
