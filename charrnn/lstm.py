@@ -141,12 +141,9 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             def back(k, d_hidden, d_cell, d_steps):
                 t = T - 1 - k
                 d_h = d_outputs[t] + d_hidden
-                if preserve_cell is None and preserve_hidden is None:
-                    d_c = d_cell + d_h * h_to_c[t]
-                    d_gates = tf.concat([d_c, d_c, d_c, d_h], 1) * local[t]  # (B, 4H)
-                    return k + 1, tf.matmul(d_gates, recurrent_t), d_c * f[t], d_steps.write(t, d_gates)
                 # Zoneout: h = p_h * h_prev + (1 - p_h) * h~, c likewise, so h~ and c~ get the
                 # (1 - p) part of the state's gradient and h_prev, c_prev the p part directly.
+                # Without it (p None) these are the plain LSTM's lines, adding no op.
                 p_h, p_c = at(preserve_hidden, t), at(preserve_cell, t)
                 d_new_h = d_h if p_h is None else (1.0 - p_h) * d_h  # d h~
                 d_c = (d_cell if p_c is None else (1.0 - p_c) * d_cell) + d_new_h * h_to_c[t]  # d c~
