@@ -93,8 +93,8 @@ def steps_in_minutes(config, loader, val, minutes, log=None):
     release_free_memory()
     seconds = time.perf_counter() - started
     evals_per_step = 0.0
-    if val is not None:  # as charrnn.train validates
-        evals_per_step = 1 / config.eval_every + (1 / loader.num_batches if config.decay_schedule == "epoch" else 0)
+    if val is not None:
+        evals_per_step = 1 / config.eval_every + (1 / loader.num_batches if config.validates_at_epoch_ends else 0)
     budget = 60 * minutes - seconds - first_steps  # the measurement is part of the budget
     steps = max(1, int(budget / (per_step + per_eval * evals_per_step)))
     if log:

@@ -169,6 +169,13 @@ class Config:
         return cls(**{name: float(value) if fields[name].type is float else value
                       for name, value in values.items()})
 
+    @property
+    def validates_at_epoch_ends(self):
+        """Whether training also validates at each epoch end (besides every eval_every steps and
+        at the end): with the per-epoch schedule (0.1.0's), whose learning rate changes there; a
+        step schedule's epoch ends would only take time from its budget."""
+        return self.decay_schedule == "epoch"
+
     def fixed_differences(self, other):
         """List 'name: saved X, now Y' for every fixed field where ``other`` differs."""
         return [f"{name}: saved {getattr(self, name)!r}, now {getattr(other, name)!r}"

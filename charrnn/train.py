@@ -469,10 +469,7 @@ class Trainer:
             def crossed(every):
                 return _crossed(before, step, every)
 
-            # Epochs matter to the per-epoch schedule (0.1.0's): it also validates at their ends.
-            # A step schedule validates every eval_every steps only: at 500 steps and 361-step
-            # epochs, the epoch ends took 5% of cpu30's 30 minutes.
-            epoch_eval = c.decay_schedule == "epoch" and crossed(self.steps_per_epoch)
+            epoch_eval = c.validates_at_epoch_ends and crossed(self.steps_per_epoch)
             if crossed(c.print_every) or step >= self.total_steps:
                 progress.report()
             if self.eval_model is not None and (crossed(c.eval_every) or epoch_eval
