@@ -200,13 +200,19 @@ def _problems(values, unset_ok):
         elif not _within(meta, value) and not (unset_ok and meta["from_data"] and value == field.default):
             name = field.name if meta["from_data"] else f"--{field.name}"
             problems.append(f"{name} must be {_requirement(field)} (got {value!r})")
-    drop = values["weight_drop"]
-    if _has_type(drop, float) and 0 < drop < 1 and values["rnn_impl"] != "layerwise":
+    # DropConnect and zoneout are written into the layerwise LSTM: for a GRU or an RNN, say that
+    # instead of asking for --rnn_impl layerwise, which computes LSTMs only.
+    lstm_only = [f"--{name}" for name in ("weight_drop", "zoneout_c", "zoneout_h")
+                 if _has_type(values[name], float) and 0 < values[name] < 1]
+    if lstm_only and values["model"] != "lstm":
+        problems.append(f"{' and '.join(lstm_only)} regularize{'s' if len(lstm_only) == 1 else ''} LSTMs only "
+                        f"(written into the layerwise LSTM); drop {'it' if len(lstm_only) == 1 else 'them'} "
+                        f"to train --model {values['model']}")
+    elif "--weight_drop" in lstm_only and values["rnn_impl"] != "layerwise":
         problems.append("--weight_drop needs --rnn_impl layerwise (the cell graph's LSTMCell reads its "
                         "recurrent kernel itself); add --rnn_impl layerwise (same checkpoints)")
-    zoned = [f"--{name}" for name in ("zoneout_c", "zoneout_h")
-             if _has_type(values[name], float) and 0 < values[name] < 1]
-    if zoned and values["rnn_impl"] != "layerwise":
+    zoned = [name for name in lstm_only if name.startswith("--zoneout")]
+    if zoned and values["model"] == "lstm" and values["rnn_impl"] != "layerwise":
         problems.append(f"{' and '.join(zoned)} need{'s' if len(zoned) == 1 else ''} --rnn_impl layerwise "
                         "(zoneout's training is written into the layerwise graph only); add --rnn_impl "
                         "layerwise (same checkpoints)")

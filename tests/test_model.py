@@ -574,6 +574,22 @@ def test_zoneout_needs_the_layerwise_graph():
     tiny_config(zoneout_c=0.5, zoneout_h=0.05, rnn_impl="layerwise").validate()
 
 
+@pytest.mark.parametrize("model", ["gru", "rnn"])
+def test_zoneout_and_weight_drop_are_refused_for_other_cells_in_one_line(model):
+    """Not "add --rnn_impl layerwise", which would then refuse the cell: the flags are the problem."""
+    from charrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        tiny_config(model=model, zoneout_c=0.5).validate()
+    assert str(raised.value) == (f"--zoneout_c regularizes LSTMs only (written into the layerwise LSTM); "
+                                 f"drop it to train --model {model}")
+    with pytest.raises(ConfigError) as raised:
+        tiny_config(model=model, weight_drop=0.3, zoneout_h=0.1, rnn_impl="layerwise").validate()
+    assert str(raised.value) == (f"--weight_drop and --zoneout_h regularize LSTMs only (written into the "
+                                 f"layerwise LSTM); drop them to train --model {model}; --rnn_impl layerwise "
+                                 f"computes LSTMs only; train --model {model} with --rnn_impl cell")
+
+
 @pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise", "xla": True}])
 def test_weight_decay_shrinks_the_matrices_apart_from_adams_step(write_data, tmp_path, graph):
     """One step with --weight_decay d ends where plain Adam's step ends, minus lr x d x the
