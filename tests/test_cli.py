@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from charrnn.presets import PRESETS
 from conftest import run_cli, snapshot
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 10
@@ -101,7 +102,8 @@ def test_preset_cpu30_brings_its_30_minute_budget_and_a_resume_keeps_the_saved_v
     assert budgeted.returncode == 0, budgeted.stderr
     steps = int(budgeted.stderr.split("budget: 30 min = ")[1].split(" steps")[0].replace(",", ""))
     config = saved(tmp_path / "a")
-    assert (config["decay_schedule"], config["weight_decay"], config["decay_steps"]) == ("cosine", 0.1, steps)
+    assert (config["decay_schedule"], config["weight_decay"], config["decay_steps"]) == (
+        "cosine", PRESETS["cpu30"]["weight_decay"], steps)
 
     unlimited = run_cli("charrnn-train", *tiny, "--save_dir", tmp_path / "b", "--max_minutes", 0,
                         "--weight_decay", 0)
@@ -111,12 +113,17 @@ def test_preset_cpu30_brings_its_30_minute_budget_and_a_resume_keeps_the_saved_v
     per_epoch = int(unlimited.stderr.split("training: ")[1].split(" batches/epoch")[0])
     assert (config["weight_decay"], config["decay_steps"]) == (0.0, 50 * per_epoch)  # the preset's epochs
 
-    resumed = run_cli("charrnn-train", *tiny, "--save_dir", tmp_path / "b")
+    # Without --hidden_size too: the saved width is kept, not the preset's (whose model the
+    # checkpoint could not restore into).
+    without_width = [a for a in tiny if a not in ("--hidden_size", 16)]
+    resumed = run_cli("charrnn-train", *without_width, "--save_dir", tmp_path / "b")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and "budget:" not in resumed.stderr
-    assert ("resume: kept the saved run's weight_decay 0.0 (the preset's 0.1): --preset cpu30 sets up new "
-            "runs; pass a flag to change a resumed run's value") in resumed.stderr
-    assert saved(tmp_path / "b")["weight_decay"] == 0.0
+    preset = PRESETS["cpu30"]
+    assert (f"resume: kept the saved run's hidden_size 16 (the preset's {preset['hidden_size']}), "
+            f"weight_decay 0.0 (the preset's {preset['weight_decay']}): --preset cpu30 sets up new runs; "
+            "pass a flag to change a resumed run's value") in resumed.stderr
+    assert (saved(tmp_path / "b")["hidden_size"], saved(tmp_path / "b")["weight_decay"]) == (16, 0.0)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
