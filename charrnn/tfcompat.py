@@ -88,12 +88,19 @@ def release_free_memory():
     XLA's compilation of the training step or sampler leaves about 130 MB of freed heap that glibc
     keeps mapped; without this the training process stays that much larger for the whole run.
     """
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim:
+        malloc_trim(0)
+
+
+def _glibc(name):
+    """glibc's function ``name`` through ctypes, or None where there is no glibc (macOS, musl)."""
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 # glibc's mallopt parameters and the values steady_malloc sets.
@@ -113,14 +120,10 @@ def steady_malloc():
     Fixed thresholds (heap blocks up to 32 MB; the top of the heap trimmed above 1 GB, and by
     :func:`release_free_memory`) give 230 from the first step. Elsewhere a no-op.
     """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+    mallopt = _glibc("mallopt")
+    if mallopt:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def cpu_model():
