@@ -113,17 +113,19 @@ def test_preset_cpu30_brings_its_30_minute_budget_and_a_resume_keeps_the_saved_v
     per_epoch = int(unlimited.stderr.split("training: ")[1].split(" batches/epoch")[0])
     assert (config["weight_decay"], config["decay_steps"]) == (0.0, 50 * per_epoch)  # the preset's epochs
 
-    # Without --hidden_size too: the saved width is kept, not the preset's (whose model the
-    # checkpoint could not restore into).
-    without_width = [a for a in tiny if a not in ("--hidden_size", 16)]
+    # Without --hidden_size and --batch_size too: the saved width and batch are kept, not the
+    # preset's (a checkpoint could not restore into its model; the batch lays out the text).
+    without_width = [a for a in tiny if a not in ("--hidden_size", 16, "--batch_size", 4)]
     resumed = run_cli("charrnn-train", *without_width, "--save_dir", tmp_path / "b")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and "budget:" not in resumed.stderr
     preset = PRESETS["cpu30"]
     assert (f"resume: kept the saved run's hidden_size 16 (the preset's {preset['hidden_size']}), "
+            f"batch_size 4 (the preset's {preset['batch_size']}), "
             f"weight_decay 0.0 (the preset's {preset['weight_decay']}): --preset cpu30 sets up new runs; "
             "pass a flag to change a resumed run's value") in resumed.stderr
-    assert (saved(tmp_path / "b")["hidden_size"], saved(tmp_path / "b")["weight_decay"]) == (16, 0.0)
+    config = saved(tmp_path / "b")
+    assert (config["hidden_size"], config["batch_size"], config["weight_decay"]) == (16, 4, 0.0)
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
