@@ -115,8 +115,8 @@ def test_preset_cpu30_brings_its_30_minute_budget_and_a_resume_keeps_the_saved_v
 
     # Without --hidden_size and --batch_size too: the saved width and batch are kept, not the
     # preset's (a checkpoint could not restore into its model; the batch lays out the text).
-    without_width = [a for a in tiny if a not in ("--hidden_size", 16, "--batch_size", 4)]
-    resumed = run_cli("charrnn-train", *without_width, "--save_dir", tmp_path / "b")
+    without_width_or_batch = [a for a in tiny if a not in ("--hidden_size", 16, "--batch_size", 4)]
+    resumed = run_cli("charrnn-train", *without_width_or_batch, "--save_dir", tmp_path / "b")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and "budget:" not in resumed.stderr
     preset = PRESETS["cpu30"]
