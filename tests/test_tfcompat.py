@@ -30,23 +30,25 @@ libc.free(ctypes.c_void_p(block))
 def test_steady_malloc_serves_a_steps_megabyte_tensors_from_the_heap():
     """Without it, glibc maps each block above 128 KB anew until freed blocks raise its threshold
     (the first ~45 training steps ran 26% slower at 2x384); with it, 8 MB comes from the heap."""
-    def mapped(mode):
-        return int(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                                  check=True).stdout)
+    assert int(probe(PROBE, "default")) >= 8 << 20
+    assert int(probe(PROBE, "steady")) == 0
 
-    assert mapped("default") >= 8 << 20
-    assert mapped("steady") == 0
+
+def probe(script, *args):
+    """What ``script`` prints, run in a fresh Python process (a fresh glibc heap)."""
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          check=True).stdout
 
 
 # In a fresh process: resident MB after touching and freeing 200 MB of heap blocks, before and
 # after release_free_memory() (steady_malloc's trim threshold keeps freed heap mapped until then).
 TRIM_PROBE = """
-import ctypes
+import ctypes, resource
 from charrnn.tfcompat import release_free_memory, steady_malloc
 
 def rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 >> 20
+        return int(f.read().split()[1]) * resource.getpagesize() >> 20
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
@@ -64,8 +66,7 @@ print(kept, rss_mb())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_release_free_memory_hands_freed_heap_back():
-    kept, released = map(int, subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True,
-                                             check=True).stdout.split())
+    kept, released = map(int, probe(TRIM_PROBE).split())
     assert kept - released >= 150, (kept, released)
 
 
