@@ -80,7 +80,8 @@ class ReplicaTrainGraph:
     ``load_state`` copies this worker's rows of the ps snapshot into its carried state,
     ``reset_state_op`` zeroes it; ``global_step``, ``lr``. Non-chief workers: ``token`` takes the next step number from this
     worker's queue, ``ready`` names the variables the chief has yet to initialize or restore.
-    The chief: ``reset_records`` and ``enqueue_tokens`` (feed ``next_step``), ``stop_workers``,
+    The chief: ``reset_records``, ``enqueue_tokens`` and, asynchronous, ``set_end_step`` (feed
+    ``next_step``), ``stop_workers``,
     ``update`` with ``loss`` and ``grad_norm`` (the mean loss over all streams and the
     aggregated gradient's norm before clipping; feed ``step``), :meth:`assign_lr`.
     With ``config.sync_replicas`` off, no tokens nor accumulators: see :meth:`_asynchronous`.
@@ -198,11 +199,17 @@ class ReplicaTrainGraph:
             # The last step the chief handed out: what such a worker computes instead.
             self.handed = tf1.get_variable("handed_step", [], tf.int64, trainable=False, collections=[],
                                            initializer=tf1.constant_initializer(-1))
+            # The global step an asynchronous run ends at: the run's end, or --max_steps from the
+            # chief's start. Each worker stops there by itself: a chief slow to make its first
+            # update (compiling its step) would otherwise see the others run past it.
+            self.end_step = tf1.get_variable("end_step", [], tf.int64, trainable=False, collections=[],
+                                             initializer=tf1.constant_initializer(-1))
         if not self.is_chief:
             return
         self.next_step = tf1.placeholder(tf.int64, [], "next_step")
         self.reset_records = tf.group(*[p.assign(self.next_step - 1) for p in self.pushed],
                                       self.stopped.assign(False), self.handed.assign(self.next_step - 1))
+        self.set_end_step = self.end_step.assign(self.next_step)
 
     def _asynchronous(self, config, params, grads, carried):
         """--nosync_replicas: ``apply`` clips this worker's own gradient and applies it with Adam
@@ -223,13 +230,15 @@ class ReplicaTrainGraph:
         if self.is_chief:
             self.stop_workers = self.stopped.assign(True)
         else:
-            self.ready = self._ready_op()
+            self.ready = self._ready_op([self.end_step])
 
-    def _ready_op(self):
+    def _ready_op(self, records=()):
         """Names the variables the chief has yet to initialize or restore, and the records it
-        has yet to set: a non-chief worker waits until none is left."""
+        has yet to set (``records``: those only some runs use): a non-chief worker waits until
+        none is left."""
         _, tf1 = load()
-        return tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed + [self.stopped, self.handed])
+        return tf1.report_uninitialized_variables(tf1.global_variables() + self.pushed
+                                                  + [self.stopped, self.handed] + list(records))
 
     @property
     def reset_state_op(self):
@@ -336,10 +345,12 @@ class _OwnPace:
 
     def run(self, step):
         """Train on this worker's next batch, at the rate of global step ``step`` (the last this
-        worker saw); (loss, gradient norm, the global step after the update, whether the chief
+        worker saw; for its first batch, the global step read then); (loss, gradient norm, the global step after the update, whether the chief
         has stopped)."""
         model = self.model
         k = self.batches % self.loader.num_batches
+        if self.first:  # the others may have moved on while this worker started (compiled its step)
+            step = int(self.session.run(model.global_step))
         if self.first or k == 0:
             self.session.run(model.reset_state_op)
             self.first = False
@@ -374,6 +385,11 @@ class AsyncChiefTrainer(ChiefTrainer):
         self.share = _OwnPace(self.session, model, run, "worker 0 (chief)", self.steps_per_epoch, self.step)
         log(f"asynchronous updates: each of the {model.num_workers} workers applies its own gradient; "
             f"an epoch is {self.steps_per_epoch} global steps")
+
+    def run(self, max_steps=None, max_minutes=None):
+        end = self.total_steps if max_steps is None else min(self.total_steps, self.first_step + max_steps)
+        self.session.run(self.model.set_end_step, {self.model.next_step: end})  # the others start now
+        return super().run(max_steps, max_minutes)
 
     def train_step(self):
         loss, norm, after, _ = self.share.run(self.step)
@@ -621,16 +637,17 @@ def _work(run, cluster, server, timeout):
 
 def _work_async(run, cluster, server, session, model):
     """A non-chief worker's loop with --nosync_replicas: apply its own gradients until the
-    global step reaches the run's end or the chief has stopped."""
+    global step reaches the end the chief set (the run's end, or its --max_steps) or the chief
+    has stopped."""
     c = run.config
     steps_per_epoch = run.train.num_batches * cluster.num_workers
     total = run_length(c, steps_per_epoch)
-    step = int(session.run(model.global_step))
+    step, end = (int(v) for v in session.run([model.global_step, model.end_step]))
     share = _OwnPace(session, model, run, cluster.name, steps_per_epoch, step)
     losses, steps, started = [], 0, time.perf_counter()
     try:
         stopped = bool(session.run(model.stopped))
-        while step < total and not stopped:
+        while step < end and not stopped:
             loss, _, step, stopped = share.run(step)
             losses.append(loss)
             steps += 1
@@ -638,7 +655,9 @@ def _work_async(run, cluster, server, session, model):
                 log(f"{cluster.name}: global step {step}/{total}  loss {np.mean(losses):.4f} (its streams, "
                     f"its batch {share.batches})  {1000 * (time.perf_counter() - started) / len(losses):.1f} ms/step")
                 losses, started = [], time.perf_counter()
-        log(f"{cluster.name}: " + ("stopped by the chief" if stopped else f"the run reached step {step}/{total}")
+        reached = f"the run reached step {step}/{total}" if end >= total else \
+            f"step {step}/{total} reaches the chief's --max_steps (global step {end})"
+        log(f"{cluster.name}: " + ("stopped by the chief" if stopped else reached)
             + f" after {steps} update(s) of its own in this run")
     finally:
         _NEVER_CLOSED.append(session)
