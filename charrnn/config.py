@@ -96,9 +96,10 @@ class Config:
                                  "layers' outputs only, and the layerwise graph then looks the first "
                                  "layer's input projection up in a (V, 4H) table instead of "
                                  "multiplying it out (about 25% faster at 2x384).")
-    weight_decay: float = _field(0.0, "Decoupled weight decay (AdamW): each step also shrinks the "
+    weight_decay: float = _field(0.1, "Decoupled weight decay (AdamW): each step also shrinks the "
                                  "weight matrices (not biases) by learning rate x this; 0 is plain "
-                                 "Adam.", min=0)
+                                 "Adam (0.1.0's, and what a saved run without this field resumes "
+                                 "with).", min=0, absent=0.0)
     weight_drop: float = _field(0.0, "DropConnect on the recurrent kernels (AWD-LSTM's weight drop): "
                                 "each training step drops this fraction of every layer's "
                                 "hidden-to-hidden weights, the same ones for every row and time step "
