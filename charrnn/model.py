@@ -752,6 +752,12 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
         # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
         # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
         recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
+        if weights.config.layer_norm:
+            # Layer norm normalizes each layer's input and recurrent products apart: every layer's
+            # kernel is split outside the loop, (input kernel (H, 4H), recurrent kernel (H, 4H)).
+            recurrent0 = [(None, recurrent0)] + [
+                (tf.identity(weights.input_kernel(layer)), tf.identity(weights.recurrent_kernel(layer)))
+                for layer in range(1, weights.config.num_layers)]
     else:
         # gru and rnn: every layer's pieces are split outside the loop, for the same reason:
         # (update function, input kernel of layers above the first, recurrent parts) per layer.
@@ -768,7 +774,7 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
         input0 = tf.identity(weights.input_kernel(0))  # (H, 4H), split outside the loop too
 
         def input_gates(ids):
-            return tf.matmul(tf.gather(weights.embedding, ids), input0)
+            return weights.normalize_input(0, tf.matmul(tf.gather(weights.embedding, ids), input0))
     noise = _gumbel_noise(seed, offset, V, greedy)  # (max_chunk(V), V)
     inputs = [prev, num_chars, noise, temperature, top_k, top_p, state]  # nested: XLA keeps the structure
 
@@ -819,7 +825,8 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     LSTMCell's math on its own variables, with the first layer's input pre-activations from
     ``input_gates(ids)`` (a row of embedding @ W_x, except for huge vocabularies) and its
     recurrent kernel ``recurrent0``: at batch 1 each character is bound by reading the weights,
-    so the row saves a quarter of the bytes per character. For gru and rnn, ``recurrent0`` holds
+    so the row saves a quarter of the bytes per character. With --layer_norm, ``recurrent0``
+    holds every layer's (input kernel, recurrent kernel), split (see generate_chunk). For gru and rnn, ``recurrent0`` holds
     every layer's (update, input kernel, recurrent parts) (see ModelWeights.recurrent_update).
     """
     tf, tf1 = load()
@@ -830,11 +837,16 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
         new_state = []
         if weights.config.model == "lstm":
             for layer, (c, h) in enumerate(state):
-                if layer > 0:
+                if weights.config.layer_norm:  # the products normalized apart (layer 0's row already is)
+                    input_kernel, recurrent = recurrent0[layer]
+                    if layer > 0:
+                        x = weights.normalize_input(layer, tf.matmul(x, input_kernel))
+                    gates = x + weights.normalize_recurrent(layer, tf.matmul(h, recurrent)) + weights.biases[layer]
+                elif layer > 0:
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
                 else:
                     gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
-                new_c, new_h = lstm_update(gates, c)
+                new_c, new_h = lstm_update(gates, c, weights.cell_norm(layer))
                 # zoneout's expectation, as evaluation computes it (no op without zoneout)
                 c = zone_out(c, new_c, weights.config.zoneout_c)
                 x = zone_out(h, new_h, weights.config.zoneout_h)

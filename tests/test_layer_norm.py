@@ -2,7 +2,10 @@
 the cell graph's LayerNormLSTMCell, lstm_layer's written-out backward pass, the sampler, and
 training, resume, sampling, evaluation and export on tiny real models."""
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,11 +14,14 @@ from charrnn import train as trainer
 from charrnn.config import Config
 from charrnn.errors import ConfigError
 from charrnn.evaluate import evaluate_text
+from charrnn.export import export
 from charrnn.lstm import lstm_layer
 from charrnn.model import LAYER_NORM_VARIABLES, EvalGraph, ModelWeights, TrainGraph
 from charrnn.rundir import RunDir
+from charrnn.sample import Sampler
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, make_data_dir, run_cli, tiny_config
+from test_export import PLAIN_TF, generate, score
 from test_model import _training_graph_gradients
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 8
@@ -263,12 +269,94 @@ def test_resume_is_bit_exact(trained, tmp_path):
         trainer.prepare(dataclasses.replace(run.config, layer_norm=False), data, other, explicit=["layer_norm"])
 
 
+def test_greedy_sampling_follows_the_evaluation_graph_and_any_chunking(trained):
+    """The in-graph sampler's layer-norm math (the table's normalized rows, the products
+    normalized apart above layer 0): each greedy character is the argmax of the evaluation
+    graph's logits after the text before it; chunks change neither greedy nor seeded text."""
+    _, _, save, _, _ = trained
+    sampler = Sampler(save)
+    prime = "Now is "
+    text = "".join(sampler.generate(prime, 40, greedy=True))
+    assert "".join(sampler.generate(prime, 40, greedy=True, chunk_size=7)) == text
+    seeded = "".join(sampler.generate(prime, 40, seed=4))
+    assert "".join(sampler.generate(prime, 40, seed=4, chunk_size=9)) == seeded
+    assert "".join(sampler.generate(prime, 40, seed=4)) == seeded
+    sampler.close()
+
+    model = RunDir(save).open_model("auto")
+    ids = list(model.vocab.encode(text))
+    session, graph = model.restore(lambda c: EvalGraph(c, batch_size=1, seq_length=len(ids) - 1))
+    logits = session.run(graph.logits, {graph.inputs: [ids[:-1]], graph.targets: [ids[1:]]})[0]
+    session.close()
+    assert list(np.argmax(logits, -1)[len(prime) - 1:]) == ids[len(prime):]
+
+
+def test_the_samplers_step_is_the_papers_equations(trained):
+    """generate_chunk's loop (without XLA) from a non-zero state: the final state after feeding
+    characters greedily equals the numpy reference's after the same characters."""
+    from charrnn.model import generate_chunk
+
+    tf, tf1 = load()
+    _, _, save, run, _ = trained
+    config = run.config
+    H, rng = config.hidden_size, np.random.RandomState(3)
+    initial = [(rng.randn(1, H), rng.randn(1, H) * 0.5) for _ in range(2)]
+    graph = tf.Graph()
+    with graph.as_default():
+        weights = ModelWeights(config)
+        state = tuple(tf1.nn.rnn_cell.LSTMStateTuple(*(tf.constant(s, tf.float32) for s in pair))
+                      for pair in initial)
+        generated, final = generate_chunk(weights, tf.constant([3]), tf.constant(12), tf.constant(0, tf.int64),
+                                          tf.constant(0, tf.int64), 1.0, 0, 1.0, True, state, filtered=False,
+                                          xla=False)
+        saver = tf1.train.Saver(weights.trainable)
+    with tf1.Session(graph=graph) as session:
+        saver.restore(session, tf.train.latest_checkpoint(save))
+        values = session.run(weights.trainable)
+        generated, final = session.run([generated, final])
+    # zoneout_h's expectation: h = p h_prev + (1 - p) h~, as evaluation and sampling compute it
+    fed = np.array([[3] + list(generated[:-1])])  # (1, 12): each step feeds the last character
+    p = config.zoneout_h
+    embedding, softmax_w, softmax_b, *lstm = (np.asarray(v, np.float64) for v in values)
+    x = embedding[fed[0]]
+    for layer in range(2):
+        kernel, bias, gx, bx, gh, bh, gc, bc = lstm[8 * layer:8 * layer + 8]
+        c, h = initial[layer]
+        outputs = []
+        for t in range(fed.shape[1]):
+            gates = (_layer_norm_numpy(x[t:t + 1] @ kernel[:H], gx, bx)
+                     + _layer_norm_numpy(h @ kernel[H:], gh, bh) + bias)
+            i, j, f, o = np.split(gates, 4, axis=1)
+            c = _sigmoid(f + 1.0) * c + _sigmoid(i) * np.tanh(j)
+            h = p * h + (1 - p) * _sigmoid(o) * np.tanh(_layer_norm_numpy(c, gc, bc))
+            outputs.append(h[0])
+        x = np.stack(outputs)
+        np.testing.assert_allclose(final[layer].c, c, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(final[layer].h, h, rtol=1e-4, atol=1e-5)
+    assert list(generated) == list(np.argmax(x @ softmax_w + softmax_b, -1))  # greedy
+
+
 def test_evaluation_agrees_with_validation_in_training(trained):
     _, _, save, run, result = trained
     val_text = TEXT[len(TEXT) - round(len(TEXT) * VAL_FRAC):]
     scored = evaluate_text(save, val_text, which="best", batch_size=run.config.batch_size,
                            seq_length=run.config.seq_length)
     assert scored["nats_per_char"] == pytest.approx(result.best[1], rel=1e-5)
+
+
+def test_export_generates_the_samplers_text_and_scores_charrnn_evals(trained):
+    root, _, save, _, _ = trained
+    version = export(save, str(root / "models"), xla=False)
+    calls = {"greedy": generate("Now is ", 60, 0.0), "score": score(TEXT[:200])}
+    plain = subprocess.run([sys.executable, "-c", PLAIN_TF, version], capture_output=True, text=True,
+                           input=json.dumps([[name, *call] for name, call in calls.items()]), timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    results = json.loads(plain.stdout.splitlines()[-1])
+    sampler = Sampler(save)
+    assert results["greedy"]["text"] == "".join(sampler.generate("Now is ", 60, greedy=True))
+    sampler.close()
+    assert results["score"]["nats_per_char"] == pytest.approx(evaluate_text(save, TEXT[:200])["nats_per_char"],
+                                                              rel=1e-5)
 
 
 def test_fine_tuning_keeps_the_sources_layer_norm(trained, tmp_path):
@@ -281,3 +369,26 @@ def test_fine_tuning_keeps_the_sources_layer_norm(trained, tmp_path):
     source, tuned = checkpoint_tensors(RunDir(save).resolve("auto")), checkpoint_tensors(str(tmp_path / "ft"))
     norms = [k for k in source if "layer_norm" in k and "Adam" not in k]
     assert len(norms) == 12 and all(np.allclose(tuned[k], source[k], atol=1e-6) for k in norms)
+
+
+def test_train_resume_sample_and_evaluate_as_a_user(tmp_path):
+    """charrnn-train --layer_norm for 3 steps, then 3 more in a second invocation, ends where
+    one invocation of 6 steps does (bit for bit); charrnn-sample and charrnn-eval read the flag
+    from config.json."""
+    data = make_data_dir(tmp_path, TEXT)
+    common = ["--data_dir", data, "--layer_norm", "--hidden_size", 16, "--num_layers", 2, "--batch_size", 4,
+              "--seq_length", 8, "--noxla", "--val_frac", 0.2, "--dropout", 0.1]
+    one = run_cli("charrnn-train", *common, "--save_dir", tmp_path / "one", "--max_steps", 6)
+    assert one.returncode == 0, one.stderr[-2000:]
+    first = run_cli("charrnn-train", *common, "--save_dir", tmp_path / "two", "--max_steps", 3)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # The resume passes no --layer_norm: config.json has it.
+    again = run_cli("charrnn-train", *common[:2], *common[3:], "--save_dir", tmp_path / "two", "--max_steps", 3)
+    assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-2000:]
+    assert_identical(checkpoint_tensors(str(tmp_path / "one")), checkpoint_tensors(str(tmp_path / "two")))
+    sample = run_cli("charrnn-sample", "--save_dir", tmp_path / "two", "--prime", "Now", "--n", 30, "--seed", 1)
+    assert sample.returncode == 0 and sample.stdout.startswith("Now") and len(sample.stdout) >= 30, sample.stderr
+    (tmp_path / "val.txt").write_text(TEXT[:300])
+    scored = run_cli("charrnn-eval", "--save_dir", tmp_path / "two", "--text", tmp_path / "val.txt", "--json")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert 0 < json.loads(scored.stdout)["nats_per_char"] < 5
