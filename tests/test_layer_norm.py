@@ -229,6 +229,34 @@ def test_layerwise_loss_and_gradients_equal_the_cell_graphs(short_run, dropout, 
         np.testing.assert_allclose(layerwise[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def test_one_xla_compiled_layerwise_step_equals_the_cell_graphs(short_run):
+    """cpu30's graph (layerwise, the whole step one XLA cluster) with --layer_norm restores the
+    cell graph's checkpoint and makes the same step: loss, gradient norm and updated weights."""
+    tf, tf1 = load()
+    run, save, (x, y) = short_run
+
+    def one_step(rnn_impl, xla):
+        graph = tf.Graph()
+        with graph.as_default():
+            model = TrainGraph(dataclasses.replace(run.config, rnn_impl=rnn_impl, xla=xla))
+            saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as session:
+            saver.restore(session, tf.train.latest_checkpoint(save))
+            loss, norm, _ = session.run([model.loss, model.grad_norm, model.train_op],
+                                        {model.inputs: x, model.targets: y})
+            return loss, norm, {v.op.name: v.eval(session) for v in tf1.global_variables()}
+
+    ref_loss, _, ref_weights = one_step("cell", False)
+    # The norm against layerwise without XLA: the cell graph's IndexedSlices embedding gradient
+    # has a norm of its own rows (see charrnn.model.dense_gradients), whatever the cell.
+    _, ref_norm, _ = one_step("layerwise", False)
+    loss, norm, weights = one_step("layerwise", True)
+    assert loss == pytest.approx(ref_loss, rel=1e-5) and norm == pytest.approx(ref_norm, rel=1e-5)
+    assert weights.keys() == ref_weights.keys()
+    for name, value in weights.items():
+        np.testing.assert_allclose(value, ref_weights[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def test_the_cell_graph_reads_the_layer_norm_weights_once():
     """LayerNormLSTMCell makes its variables in its build, as LSTMCell does, so dynamic_rnn's
     loops take them as values (a stateless While), not read inside every iteration."""
