@@ -219,9 +219,10 @@ class ModelWeights:
 
     def cell_stack(self, dropout=False):
         """A MultiRNNCell of LSTMCells (LayerNormLSTMCells with --layer_norm; GRUCells,
-        BasicRNNCells for --model gru, rnn) over these weights; with ``dropout``, each layer's output is multiplied by a mask that arrives beside
-        the input (see _masked_cell_class). With zoneout rates, each LSTM layer takes zoneout's
-        expectation (evaluation and sampling; zoneout's training is the layerwise graph's)."""
+        BasicRNNCells for --model gru, rnn) over these weights; with ``dropout``, each layer's
+        output is multiplied by a mask that arrives beside the input (see _masked_cell_class).
+        With zoneout rates, each LSTM layer takes zoneout's expectation (evaluation and sampling;
+        zoneout's training is the layerwise graph's)."""
         _, tf1 = load()
         H, model = self.config.hidden_size, self.config.model
         if model == "lstm":
@@ -404,7 +405,7 @@ def _layer_norm_lstm_cell_class():
 
         def build(self, inputs_shape):
             super().build(inputs_shape)  # kernel (depth + H, 4H) and bias (4H,), LSTMCell's
-            self.built = False  # LSTMCell's build ends built, and a built layer's add_variable only reuses
+            self.built = False  # LSTMCell's build ends built, and a built layer's add_weight only reuses
             self._norms = _layer_norm_variables(self.add_weight, self._num_units)
             self.built = True
 
@@ -826,8 +827,9 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     ``input_gates(ids)`` (a row of embedding @ W_x, except for huge vocabularies) and its
     recurrent kernel ``recurrent0``: at batch 1 each character is bound by reading the weights,
     so the row saves a quarter of the bytes per character. With --layer_norm, ``recurrent0``
-    holds every layer's (input kernel, recurrent kernel), split (see generate_chunk). For gru and rnn, ``recurrent0`` holds
-    every layer's (update, input kernel, recurrent parts) (see ModelWeights.recurrent_update).
+    holds every layer's (input kernel, recurrent kernel), split (see generate_chunk). For gru
+    and rnn, ``recurrent0`` holds every layer's (update, input kernel, recurrent parts) (see
+    ModelWeights.recurrent_update).
     """
     tf, tf1 = load()
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
