@@ -11,9 +11,9 @@ from charrnn.errors import ConfigError
 # Fields that fix the shapes of the weights, the carried state or the data layout: a resume must
 # match them exactly. Everything else may be changed on resume by passing the flag again.
 FIXED_FIELDS = ("vocab_size", "hidden_size", "num_layers", "batch_size", "seq_length", "val_frac",
-                "data_sha256", "model")
+                "data_sha256", "model", "layer_norm")
 # Fixed fields added after 0.1.0: a config.json without one ran with the field's default.
-ADDED_FIXED_FIELDS = ("model",)
+ADDED_FIXED_FIELDS = ("model", "layer_norm")
 
 
 def _field(default, help, *, from_data=False, min=None, above=None, max=None, below=None,
@@ -112,6 +112,12 @@ class Config:
                               "layerwise.", min=0, below=1, zero="off")
     zoneout_h: float = _field(0.0, "Zoneout on the LSTM hidden state (the layer's output), as --zoneout_c "
                               "does on the cell. Needs --rnn_impl layerwise.", min=0, below=1, zero="off")
+    # Layer normalization inside the LSTM (issue 15), off by default: a config.json without it ran
+    # without it. It adds weights, so it is part of the weights' shape (FIXED_FIELDS).
+    layer_norm: bool = _field(False, "Layer normalization inside each LSTM layer (Ba, Kiros & Hinton "
+                              "2016): gates = LN(x W_x) + LN(h W_h) + bias and h = o x tanh(LN(c)), each "
+                              "LN with its own learned gain and shift; the cell is carried "
+                              "unnormalized. --model lstm only; either --rnn_impl.")
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -217,6 +223,8 @@ def _problems(values, unset_ok):
         problems.append(f"{' and '.join(zoned)} need{'s' if len(zoned) == 1 else ''} --rnn_impl layerwise "
                         "(zoneout's training is written into the layerwise graph only); add --rnn_impl "
                         "layerwise (same checkpoints)")
+    if values["layer_norm"] is True and values["model"] != "lstm":
+        problems.append(f"--layer_norm normalizes LSTMs only; drop it to train --model {values['model']}")
     if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":
         problems.append(f"--rnn_impl layerwise computes LSTMs only; train --model {values['model']} "
                         "with --rnn_impl cell")

@@ -1,7 +1,8 @@
 """The LSTM math, apart from the graphs that use it (as torch-rnn keeps LSTM.lua apart).
 
 LSTMCell's gate layout and forget bias (:func:`lstm_activations`), its state update
-(:func:`lstm_update`), zoneout's (:func:`zone_out`), GRUCell's and BasicRNNCell's
+(:func:`lstm_update`, with ``--layer_norm``'s normalized cell), layer normalization
+(:func:`layer_norm`), zoneout's (:func:`zone_out`), GRUCell's and BasicRNNCell's
 (:func:`gru_update`, :func:`rnn_update`: the cells of ``--model gru`` and ``--model rnn``), a whole
 layer over time with its backward pass written out (:func:`lstm_layer`), the product whose
 gradient uses a pretransposed weight (:func:`matmul_pretransposed`) and the top-k/top-p filter on
@@ -20,16 +21,47 @@ def lstm_activations(gates):
     return tf.sigmoid(i), tf.tanh(j), tf.sigmoid(f + 1.0), tf.sigmoid(o)
 
 
-def lstm_update(gates, cell):
+def lstm_update(gates, cell, cell_norm=None):
     """LSTMCell's state update from its pre-activations (B, 4H): the new (cell, hidden).
 
     The layerwise training graph and the sampler use it on LSTMCell's own variables, so their
-    math is the cell's exactly (tests compare both against it).
+    math is the cell's exactly (tests compare both against it). ``cell_norm``, --layer_norm's
+    (gain, shift) of the cell, (H,) each: the hidden state is o * tanh(LN(c)), while the cell
+    itself is carried unnormalized (Ba et al. 2016's LSTM equations).
     """
     tf, _ = load()
     i, j, f, o = lstm_activations(gates)
     cell = f * cell + i * j
-    return cell, o * tf.tanh(cell)
+    return cell, o * tf.tanh(cell if cell_norm is None else layer_norm(cell, *cell_norm))
+
+
+LAYER_NORM_EPSILON = 1e-5
+
+
+def normalize(v):
+    """Layer normalization's standardization of v (..., N) over its last axis: (xhat, 1 / sigma),
+    xhat = (v - mean) / sigma with sigma = sqrt(variance + LAYER_NORM_EPSILON), (..., N) and (..., 1)."""
+    tf, _ = load()
+    mean, variance = tf.nn.moments(v, axes=[-1], keepdims=True)
+    inverse_sigma = tf.math.rsqrt(variance + LAYER_NORM_EPSILON)
+    return (v - mean) * inverse_sigma, inverse_sigma
+
+
+def layer_norm(v, gain, shift):
+    """Layer normalization (Ba, Kiros & Hinton 2016) of v (..., N), statistics per row over the
+    last axis: gain * (v - mean) / sigma + shift, gain and shift (N,)."""
+    return gain * normalize(v)[0] + shift
+
+
+def layer_norm_backward(d_y, gain, xhat, inverse_sigma):
+    """The gradient of layer_norm's input from its output's d_y (..., N), given the forward
+    pass's ``xhat`` and ``inverse_sigma`` (see :func:`normalize`): with dxhat = d_y * gain,
+    (1 / sigma) * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means over the last axis.
+    (The gain's and shift's gradients are sums of d_y * xhat and d_y; callers sum them once.)"""
+    tf, _ = load()
+    d_xhat = d_y * gain
+    return inverse_sigma * (d_xhat - tf.reduce_mean(d_xhat, -1, keepdims=True)
+                            - xhat * tf.reduce_mean(d_xhat * xhat, -1, keepdims=True))
 
 
 def zone_out(previous, new, preserve):
@@ -64,7 +96,7 @@ def rnn_update(inputs, hidden, recurrent, bias):
     return tf.tanh(inputs + tf.matmul(hidden, recurrent) + bias)
 
 
-def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, None)):
+def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, None), norms=None):
     """One LSTM layer over time: projected (T, B, 4H) input pre-activations (bias included),
     recurrent (H, 4H), initial state (B, H) each -> outputs (T, B, H), final cell, final hidden.
 
@@ -80,6 +112,10 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
     equations, the candidate hidden state is o * tanh(candidate cell), the cell *before* zoneout
     (c~ = f * c + i * j; a unit whose cell is preserved still updates its hidden from c~), and
     the layer outputs the zoned hidden state, which is also what it carries.
+
+    ``norms`` is --layer_norm's (recurrent gain, recurrent shift (4H,), cell gain, cell shift
+    (H,)), or None: the gates are then ``projected`` (whose input part the caller has normalized)
+    + LN(h @ recurrent), and the candidate hidden state o * tanh(LN(c~)) (see :func:`lstm_update`).
     """
     tf, _ = load()
     T = tf.shape(projected)[0]
@@ -90,8 +126,13 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
         return mask[t] if isinstance(mask, tf.Tensor) else mask
 
     if recurrent_t is None:
+        recurrent_norm, cell_norm = (None, None) if norms is None else (norms[:2], norms[2:])
+
         def body(t, cell, hidden, outputs):
-            new_cell, new_hidden = lstm_update(steps.read(t) + tf.matmul(hidden, recurrent), cell)
+            product = tf.matmul(hidden, recurrent)  # (B, 4H)
+            if recurrent_norm is not None:
+                product = layer_norm(product, *recurrent_norm)
+            new_cell, new_hidden = lstm_update(steps.read(t) + product, cell, cell_norm)
             cell = zone_out(cell, new_cell, at(preserve_cell, t))
             hidden = zone_out(hidden, new_hidden, at(preserve_hidden, t))
             return t + 1, cell, hidden, outputs.write(t, hidden)
@@ -102,26 +143,35 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
 
     # With the cell zoned out, the backward pass needs the candidate cells c~ (for tanh and the
     # output gate) beside the carried ones (for the forget gate): one more array, only then.
+    # With layer norm, it also needs the raw recurrent products h @ W_h (for their statistics).
     keep_candidates = preserve_cell is not None
+    normalized = norms is not None
 
     @tf.custom_gradient
-    def layer(projected, recurrent, recurrent_t, cell0, hidden0):
-        def body(t, cell, hidden, outputs, cells, activations, *candidates):
-            i, j, f, o = lstm_activations(steps.read(t) + tf.matmul(hidden, recurrent))
+    def layer(projected, recurrent, recurrent_t, cell0, hidden0, *norms):
+        recurrent_norm, cell_norm = (norms[:2], norms[2:]) if normalized else (None, None)
+
+        def body(t, cell, hidden, outputs, cells, activations, *extra):
+            product = tf.matmul(hidden, recurrent)  # (B, 4H)
+            gates = steps.read(t) + (layer_norm(product, *recurrent_norm) if normalized else product)
+            i, j, f, o = lstm_activations(gates)
             candidate = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
-            new_hidden = o * tf.tanh(candidate)
+            new_hidden = o * tf.tanh(layer_norm(candidate, *cell_norm) if normalized else candidate)
             cell = zone_out(cell, candidate, at(preserve_cell, t))
             hidden = zone_out(hidden, new_hidden, at(preserve_hidden, t))
+            extra = list(extra)
             if keep_candidates:
-                candidates = (candidates[0].write(t, candidate),)
+                extra[0] = extra[0].write(t, candidate)
+            if normalized:
+                extra[-1] = extra[-1].write(t, product)
             return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
-                    activations.write(t, tf.concat([i, j, f, o], 1))) + tuple(candidates)
+                    activations.write(t, tf.concat([i, j, f, o], 1))) + tuple(extra)
 
-        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(4 if keep_candidates else 3)]
-        _, cell, hidden, outputs, cells, activations, *candidates = tf.while_loop(
+        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(3 + keep_candidates + normalized)]
+        _, cell, hidden, outputs, cells, activations, *extra = tf.while_loop(
             lambda t, *_: t < T, body, [tf.constant(0), cell0, hidden0] + arrays)
         outputs, cells, activations = outputs.stack(), cells.stack(), activations.stack()
-        candidates = candidates[0].stack() if keep_candidates else cells  # (T, B, H): c~
+        candidates = extra[0].stack() if keep_candidates else cells  # (T, B, H): c~
 
         def grad(d_outputs, d_cell, d_hidden):
             d_outputs = tf.zeros_like(outputs) if d_outputs is None else d_outputs
@@ -130,15 +180,24 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             # Everything that does not depend on the carried (dh, dc) is computed for all time
             # steps at once, so the reverse loop is one product and one small fusion per step.
             previous_cells = tf.concat([cell0[None], cells[:-1]], 0)  # (T, B, H)
-            tanh_cells = tf.tanh(candidates)
+            if normalized:
+                # The layer norms' statistics, recomputed from their inputs for all steps at once.
+                products = extra[-1].stack()  # (T, B, 4H): h @ W_h before its norm
+                recurrent_xhat, recurrent_inverse_sigma = normalize(products)  # (T, B, 4H), (T, B, 1)
+                cell_xhat, cell_inverse_sigma = normalize(candidates)  # (T, B, H), (T, B, 1)
+                tanh_cells = tf.tanh(cell_norm[0] * cell_xhat + cell_norm[1])
+            else:
+                tanh_cells = tf.tanh(candidates)
             i, j, f, o = tf.split(activations, 4, axis=2)
-            h_to_c = o * (1.0 - tanh_cells * tanh_cells)  # dc += dh * h_to_c
+            h_to_c = o * (1.0 - tanh_cells * tanh_cells)  # dc += dh * h_to_c (with LN: d LN(c~))
             # d_gates = [dc, dc, dc, dh] * local, the activations' derivatives times their partners
             local = tf.concat([j * i * (1.0 - i), i * (1.0 - j * j), previous_cells * f * (1.0 - f),
                                tanh_cells * o * (1.0 - o)], 2)  # (T, B, 4H)
             d_steps = tf.TensorArray(tf.float32, size=T)
+            # With LN, also d(h @ W_h) (before its norm: W_h's gradient) and d LN(c~) per step.
+            d_arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(2 if normalized else 0)]
 
-            def back(k, d_hidden, d_cell, d_steps):
+            def back(k, d_hidden, d_cell, d_steps, *d_arrays):
                 t = T - 1 - k
                 d_h = d_outputs[t] + d_hidden
                 # Zoneout: h = p_h * h_prev + (1 - p_h) * h~, c likewise, so h~ and c~ get the
@@ -146,25 +205,41 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
                 # Without it (p None) these are the plain LSTM's lines, adding no op.
                 p_h, p_c = at(preserve_hidden, t), at(preserve_cell, t)
                 d_new_h = d_h if p_h is None else (1.0 - p_h) * d_h  # d h~
-                d_c = (d_cell if p_c is None else (1.0 - p_c) * d_cell) + d_new_h * h_to_c[t]  # d c~
+                d_c = d_cell if p_c is None else (1.0 - p_c) * d_cell  # d c~, the carried part
+                if normalized:
+                    d_cell_norm = d_new_h * h_to_c[t]  # d LN(c~), (B, H)
+                    d_c += layer_norm_backward(d_cell_norm, cell_norm[0], cell_xhat[t], cell_inverse_sigma[t])
+                else:
+                    d_c += d_new_h * h_to_c[t]
                 d_gates = tf.concat([d_c, d_c, d_c, d_new_h], 1) * local[t]  # (B, 4H)
-                d_hidden = tf.matmul(d_gates, recurrent_t)
+                d_product = d_gates  # d (h @ W_h)
+                if normalized:
+                    d_product = layer_norm_backward(d_gates, recurrent_norm[0], recurrent_xhat[t],
+                                                    recurrent_inverse_sigma[t])
+                    d_arrays = (d_arrays[0].write(t, d_product), d_arrays[1].write(t, d_cell_norm))
+                d_hidden = tf.matmul(d_product, recurrent_t)
                 d_hidden = d_hidden if p_h is None else d_hidden + p_h * d_h
                 d_cell = d_c * f[t] if p_c is None else d_c * f[t] + p_c * d_cell
-                return k + 1, d_hidden, d_cell, d_steps.write(t, d_gates)
+                return (k + 1, d_hidden, d_cell, d_steps.write(t, d_gates)) + tuple(d_arrays)
 
-            _, d_hidden, d_cell, d_steps = tf.while_loop(
-                lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps])
+            _, d_hidden, d_cell, d_steps, *d_arrays = tf.while_loop(
+                lambda k, *_: k < T, back, [tf.constant(0), d_hidden, d_cell, d_steps] + d_arrays)
             d_steps = d_steps.stack()  # (T, B, 4H): the gradient of `projected`
+            d_products = d_arrays[0].stack() if normalized else d_steps  # (T, B, 4H)
             previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
             H = tf.shape(hidden0)[1]
             d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
-                                    tf.reshape(d_steps, [-1, 4 * H]), transpose_a=True)
-            return d_steps, d_recurrent, None, d_cell, d_hidden
+                                    tf.reshape(d_products, [-1, 4 * H]), transpose_a=True)
+            d_norms = []
+            if normalized:  # the gains' and shifts' gradients: sums over time and batch
+                d_cell_norms = d_arrays[1].stack()  # (T, B, H)
+                d_norms = [tf.reduce_sum(d_steps * recurrent_xhat, [0, 1]), tf.reduce_sum(d_steps, [0, 1]),
+                           tf.reduce_sum(d_cell_norms * cell_xhat, [0, 1]), tf.reduce_sum(d_cell_norms, [0, 1])]
+            return [d_steps, d_recurrent, None, d_cell, d_hidden] + d_norms
 
         return (outputs, cell, hidden), grad
 
-    return layer(projected, recurrent, recurrent_t, cell, hidden)
+    return layer(projected, recurrent, recurrent_t, cell, hidden, *(norms or ()))
 
 
 def matmul_pretransposed(x, w, w_t):

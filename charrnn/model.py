@@ -15,8 +15,8 @@ EvalGraph and SampleGraph of any batch size. The LSTM math is in charrnn/lstm.py
 """
 import contextlib
 
-from charrnn.lstm import (filter_logits, gru_update, lstm_layer, lstm_update, matmul_pretransposed, rnn_update,
-                          zone_out)
+from charrnn.lstm import (filter_logits, gru_update, layer_norm, lstm_layer, lstm_update, matmul_pretransposed,
+                          rnn_update, zone_out)
 from charrnn.tfcompat import load
 
 MAX_CHUNK = 4096  # most characters one sampling session.run generates
@@ -45,6 +45,12 @@ def _scope():
         return contextlib.nullcontext()
     return tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE)
 
+
+# --layer_norm's variables of each LSTM layer, after its kernel and bias, in this order (under its
+# LSTMCell's scope): gain (init 1) and shift (init 0) of the input product x @ W_x (4H,), of the
+# recurrent product h @ W_h (4H,) and of the cell (H,).
+LAYER_NORM_VARIABLES = ("layer_norm/input/gain", "layer_norm/input/shift", "layer_norm/recurrent/gain",
+                        "layer_norm/recurrent/shift", "layer_norm/cell/gain", "layer_norm/cell/shift")
 
 # The weights with one slice per character, by variable name, and the axis the characters lie on:
 # what charrnn-train --extend_vocab widens (ModelWeights makes them).
@@ -84,7 +90,8 @@ class ModelWeights:
         view = cls.__new__(cls)
         view.config = config
         view.embedding, view.softmax_w, view.softmax_b, *lstm = values
-        view._lstm = list(zip(lstm[0::2], lstm[1::2]))
+        per_layer = len(lstm) // config.num_layers  # 2 (kernel, bias), + 6 with --layer_norm
+        view._lstm = [tuple(lstm[k:k + per_layer]) for k in range(0, len(lstm), per_layer)]
         return view
 
     def _kernel_initializer(self, layer):
@@ -129,25 +136,55 @@ class ModelWeights:
         return self._lstm
 
     def _lstm_variables(self):
-        """[(kernel (2H, 4H): [input; recurrent], bias (4H,)) per layer], made or reused."""
+        """[(kernel (2H, 4H): [input; recurrent], bias (4H,)) per layer], made or reused; with
+        --layer_norm each layer's tuple goes on with its LAYER_NORM_VARIABLES."""
         if self._lstm is None:
             _, tf1 = load()
             H, self._lstm = self.config.hidden_size, []
             with _scope():
                 for layer in range(self.config.num_layers):
                     with tf1.variable_scope(f"rnn/multi_rnn_cell/cell_{layer}/lstm_cell"):
-                        self._lstm.append((
+                        variables = (
                             tf1.get_variable("kernel", [2 * H, 4 * H], initializer=self._kernel_initializer(layer)),
-                            tf1.get_variable("bias", [4 * H], initializer=tf1.zeros_initializer())))
+                            tf1.get_variable("bias", [4 * H], initializer=tf1.zeros_initializer()))
+                        if self.config.layer_norm:
+                            variables += _layer_norm_variables(tf1.get_variable, H)
+                        self._lstm.append(variables)
         return self._lstm
 
     @property
     def kernels(self):
-        return [kernel for kernel, _ in self._lstm_variables()]
+        return [layer[0] for layer in self._lstm_variables()]
 
     @property
     def biases(self):
-        return [bias for _, bias in self._lstm_variables()]
+        return [layer[1] for layer in self._lstm_variables()]
+
+    def layer_norms(self, layer):
+        """--layer_norm's ((input gain, shift) (4H,), (recurrent gain, shift) (4H,), (cell gain,
+        shift) (H,)) of an LSTM layer, or None without it."""
+        if not self.config.layer_norm:
+            return None
+        norms = self._lstm_variables()[layer][2:]
+        return norms[0:2], norms[2:4], norms[4:6]
+
+    def normalize_input(self, layer, projected):
+        """An LSTM layer's input product x @ W_x (..., 4H) as its gates take it: layer-normalized
+        with --layer_norm (per row, so a row of the table of products is normalized alike), else
+        as it is."""
+        norms = self.layer_norms(layer)
+        return projected if norms is None else layer_norm(projected, *norms[0])
+
+    def normalize_recurrent(self, layer, product):
+        """An LSTM layer's recurrent product h @ W_h (B, 4H) as its gates take it (see
+        :meth:`normalize_input`)."""
+        norms = self.layer_norms(layer)
+        return product if norms is None else layer_norm(product, *norms[1])
+
+    def cell_norm(self, layer):
+        """lstm_update's ``cell_norm`` of an LSTM layer: (gain, shift) (H,), or None."""
+        norms = self.layer_norms(layer)
+        return None if norms is None else norms[2]
 
     @property
     def trainable(self):
@@ -181,14 +218,16 @@ class ModelWeights:
         return self.kernels[layer][self.config.hidden_size:]  # (H, 4H)
 
     def cell_stack(self, dropout=False):
-        """A MultiRNNCell of LSTMCells (GRUCells, BasicRNNCells for --model gru, rnn) over these
-        weights; with ``dropout``, each layer's output is multiplied by a mask that arrives beside
-        the input (see _masked_cell_class). With zoneout rates, each LSTM layer takes zoneout's
-        expectation (evaluation and sampling; zoneout's training is the layerwise graph's)."""
+        """A MultiRNNCell of LSTMCells (LayerNormLSTMCells with --layer_norm; GRUCells,
+        BasicRNNCells for --model gru, rnn) over these weights; with ``dropout``, each layer's
+        output is multiplied by a mask that arrives beside the input (see _masked_cell_class).
+        With zoneout rates, each LSTM layer takes zoneout's expectation (evaluation and sampling;
+        zoneout's training is the layerwise graph's)."""
         _, tf1 = load()
         H, model = self.config.hidden_size, self.config.model
         if model == "lstm":
-            cells = [tf1.nn.rnn_cell.LSTMCell(H, initializer=self._kernel_initializer(layer))
+            cell_class = _layer_norm_lstm_cell_class() if self.config.layer_norm else tf1.nn.rnn_cell.LSTMCell
+            cells = [cell_class(H, initializer=self._kernel_initializer(layer))
                      for layer in range(self.config.num_layers)]
             if self.config.zoneout_c or self.config.zoneout_h:
                 expected = _zoneout_expectation_cell_class()
@@ -210,9 +249,10 @@ class ModelWeights:
         return tf.tensordot(outputs, self.softmax_w, 1) + self.softmax_b
 
     def input_table(self):
-        """embedding @ layer 0's input kernel, (V, 4H): layer 0's input projection is a row of it."""
+        """embedding @ layer 0's input kernel, (V, 4H): layer 0's input projection is a row of it
+        (with --layer_norm, normalized: the norm is per row)."""
         tf, _ = load()
-        return tf.matmul(self.embedding, self.input_kernel(0))
+        return self.normalize_input(0, tf.matmul(self.embedding, self.input_kernel(0)))
 
 
 class CarriedState:
@@ -294,10 +334,10 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
     L = config.num_layers
     ids = tf.transpose(ids)  # (T, B)
     if input_mask is None:
-        projected = tf.nn.embedding_lookup(weights.input_table(), ids)  # (T, B, 4H)
+        projected = tf.nn.embedding_lookup(weights.input_table(), ids)  # (T, B, 4H), normalized (LN)
     else:
         inputs = tf.nn.embedding_lookup(weights.embedding, ids) * tf.transpose(input_mask, [1, 0, 2])
-        projected = tf.tensordot(inputs, weights.input_kernel(0), 1)  # (T, B, 4H)
+        projected = weights.normalize_input(0, tf.tensordot(inputs, weights.input_kernel(0), 1))  # (T, B, 4H)
     final_state = []
     for layer in range(L):
         recurrent = weights.recurrent_kernel(layer)  # (H, 4H)
@@ -307,9 +347,13 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
             preserve = (config.zoneout_c or None, config.zoneout_h or None)
         else:
             preserve = tuple(None if mask is None else mask[layer] for mask in zoneout_masks)  # (T, B, H)
+        # --layer_norm: the input product is normalized outside the loop (TensorFlow derives that
+        # gradient), the recurrent product and the cell inside lstm_layer (its backward pass too).
+        norms = weights.layer_norms(layer)
         output, cell, hidden = lstm_layer(projected + weights.biases[layer], recurrent,
                                           transposed["recurrent"][layer] if transposed else None,
-                                          *initial_state[layer], preserve=preserve)  # (T, B, H)
+                                          *initial_state[layer], preserve=preserve,
+                                          norms=None if norms is None else norms[1] + norms[2])  # (T, B, H)
         final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
         if masks is not None:
             output = output * tf.transpose(masks[:, :, layer], [1, 0, 2])
@@ -319,6 +363,7 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
                                                  transposed["input"][layer])
             else:
                 projected = tf.tensordot(output, weights.input_kernel(layer + 1), 1)  # (T, B, 4H)
+            projected = weights.normalize_input(layer + 1, projected)
     return tf.transpose(output, [1, 0, 2]), tuple(final_state)
 
 
@@ -334,6 +379,47 @@ def _transposed_kernels(weights, recurrent_mask=None):
         recurrent = [kernel * recurrent_mask[layer] for layer, kernel in enumerate(recurrent)]
     return {"recurrent": [tf.transpose(kernel) for kernel in recurrent],
             "input": [tf.transpose(weights.input_kernel(layer)) for layer in layers[1:]]}
+
+
+def _layer_norm_variables(get_variable, H):
+    """--layer_norm's variables of one LSTM layer (LAYER_NORM_VARIABLES), made by ``get_variable``
+    (tf1.get_variable, or a cell's add_weight in its scope): gains 1, shifts 0."""
+    _, tf1 = load()
+    ones, zeros = tf1.ones_initializer(), tf1.zeros_initializer()
+    return tuple(get_variable(name, shape=[H if "/cell/" in name else 4 * H],
+                              initializer=ones if name.endswith("gain") else zeros)
+                 for name in LAYER_NORM_VARIABLES)
+
+
+def _layer_norm_lstm_cell_class():
+    """LSTMCell with layer normalization (--layer_norm; Ba, Kiros & Hinton 2016), the idea of TF1
+    contrib's LayerNormBasicLSTMCell, on LSTMCell's own kernel and bias plus the
+    LAYER_NORM_VARIABLES, made in its build under its scope (so the loop reads them once, as
+    values, like LSTMCell's): gates = LN(x @ W_x) + LN(h @ W_h) + bias, and charrnn.lstm's
+    lstm_update with the cell's norm. The layerwise graph and the sampler compute the same math."""
+    tf, tf1 = load()
+
+    class LayerNormLSTMCell(tf1.nn.rnn_cell.LSTMCell):
+        def __init__(self, num_units, initializer):
+            super().__init__(num_units, initializer=initializer, name="lstm_cell")  # LSTMCell's scope
+
+        def build(self, inputs_shape):
+            super().build(inputs_shape)  # kernel (depth + H, 4H) and bias (4H,), LSTMCell's
+            self.built = False  # LSTMCell's build ends built, and a built layer's add_weight only reuses
+            self._norms = _layer_norm_variables(self.add_weight, self._num_units)
+            self.built = True
+
+        def call(self, inputs, state):
+            cell, hidden = state  # (B, H) each
+            depth = inputs.shape[-1]
+            input_gain, input_shift, recurrent_gain, recurrent_shift, *cell_norm = self._norms
+            gates = (layer_norm(tf.matmul(inputs, self._kernel[:depth]), input_gain, input_shift)
+                     + layer_norm(tf.matmul(hidden, self._kernel[depth:]), recurrent_gain, recurrent_shift)
+                     + self._bias)  # (B, 4H)
+            cell, hidden = lstm_update(gates, cell, cell_norm)
+            return hidden, tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden)
+
+    return LayerNormLSTMCell
 
 
 def _seeded_rnn_cell_class():
@@ -667,6 +753,12 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
         # Layer 0's recurrent kernel is split once, outside the loop (a slice inside the compiled
         # loop is copied on every iteration); the deeper layers use their whole kernel on [x, h].
         recurrent0 = tf.identity(weights.recurrent_kernel(0))  # (H, 4H)
+        if weights.config.layer_norm:
+            # Layer norm normalizes each layer's input and recurrent products apart: every layer's
+            # kernel is split outside the loop, (input kernel (H, 4H), recurrent kernel (H, 4H)).
+            recurrent0 = [(None, recurrent0)] + [
+                (tf.identity(weights.input_kernel(layer)), tf.identity(weights.recurrent_kernel(layer)))
+                for layer in range(1, weights.config.num_layers)]
     else:
         # gru and rnn: every layer's pieces are split outside the loop, for the same reason:
         # (update function, input kernel of layers above the first, recurrent parts) per layer.
@@ -683,7 +775,7 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
         input0 = tf.identity(weights.input_kernel(0))  # (H, 4H), split outside the loop too
 
         def input_gates(ids):
-            return tf.matmul(tf.gather(weights.embedding, ids), input0)
+            return weights.normalize_input(0, tf.matmul(tf.gather(weights.embedding, ids), input0))
     noise = _gumbel_noise(seed, offset, V, greedy)  # (max_chunk(V), V)
     inputs = [prev, num_chars, noise, temperature, top_k, top_p, state]  # nested: XLA keeps the structure
 
@@ -734,8 +826,10 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     LSTMCell's math on its own variables, with the first layer's input pre-activations from
     ``input_gates(ids)`` (a row of embedding @ W_x, except for huge vocabularies) and its
     recurrent kernel ``recurrent0``: at batch 1 each character is bound by reading the weights,
-    so the row saves a quarter of the bytes per character. For gru and rnn, ``recurrent0`` holds
-    every layer's (update, input kernel, recurrent parts) (see ModelWeights.recurrent_update).
+    so the row saves a quarter of the bytes per character. With --layer_norm, ``recurrent0``
+    holds every layer's (input kernel, recurrent kernel), split (see generate_chunk). For gru
+    and rnn, ``recurrent0`` holds every layer's (update, input kernel, recurrent parts) (see
+    ModelWeights.recurrent_update).
     """
     tf, tf1 = load()
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
@@ -745,11 +839,16 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
         new_state = []
         if weights.config.model == "lstm":
             for layer, (c, h) in enumerate(state):
-                if layer > 0:
+                if weights.config.layer_norm:  # the products normalized apart (layer 0's row already is)
+                    input_kernel, recurrent = recurrent0[layer]
+                    if layer > 0:
+                        x = weights.normalize_input(layer, tf.matmul(x, input_kernel))
+                    gates = x + weights.normalize_recurrent(layer, tf.matmul(h, recurrent)) + weights.biases[layer]
+                elif layer > 0:
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
                 else:
                     gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
-                new_c, new_h = lstm_update(gates, c)
+                new_c, new_h = lstm_update(gates, c, weights.cell_norm(layer))
                 # zoneout's expectation, as evaluation computes it (no op without zoneout)
                 c = zone_out(c, new_c, weights.config.zoneout_c)
                 x = zone_out(h, new_h, weights.config.zoneout_h)

@@ -216,7 +216,7 @@ def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint)
                               f"replace it with one fine-tuned from {init_from}, or choose another --save_dir")
         return None, config
     source = RunDir(init_from).open_model(init_checkpoint, log)
-    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers", "model")}
+    shape = {name: getattr(source.config, name) for name in ("hidden_size", "num_layers", "model", "layer_norm")}
     differences = [f"--{name} {getattr(config, name)} (the source model's is {value})"
                    for name, value in shape.items() if name in explicit and getattr(config, name) != value]
     if differences:
