@@ -22,6 +22,10 @@ from charrnn.tfcompat import load
 MAX_CHUNK = 4096  # most characters one sampling session.run generates
 NOISE_BLOCK_FLOATS = 1 << 22  # sampling noise per block: 16 MB, whatever the vocabulary
 TABLE_FLOATS = 1 << 24  # the sampler's (V, 4H) input table up to 64 MB; larger, one product per character
+# XLA's CPU matrix-vector product gives each thread at least this many multiply-adds (kFmaPerTask
+# in its dot emitter, TensorFlow 2.16-2.21): a smaller product runs on one core. See
+# fuses_recurrent_products.
+GEMV_FMA_PER_THREAD = 1 << 19
 SCOPE = "model"
 
 
@@ -741,12 +745,13 @@ def read_prime(weights, prime, initial_state):
 
 
 def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, state,
-                   filtered, xla=True):
+                   filtered, xla=True, fuse=None):
     """Feed ``prev`` (1,) after ``state`` and draw ``num_chars`` (<= max_chunk(V)) characters, the
     first at absolute position ``offset``, in one XLA-compiled loop: (ids (num_chars,), final
     state). ``filtered`` applies top-k/top-p; ``xla=False`` leaves the loop to TensorFlow's
     executor. SampleGraph builds it on placeholders; the exported SavedModel in a loop over
-    chunks, so both give the same text."""
+    chunks, so both give the same text. ``fuse`` computes layer 0's next recurrent product in
+    layer 1's (see below; None: where :func:`fuses_recurrent_products` says it pays)."""
     tf, tf1 = load()
     V, H = weights.config.vocab_size, weights.config.hidden_size
     if weights.config.model == "lstm":
@@ -766,6 +771,19 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
                        [tf.identity(part) for part in parts])
                       for layer, (update, parts) in enumerate(map(weights.recurrent_update,
                                                                   range(weights.config.num_layers)))]
+    fused = None
+    if fuse is None:
+        fuse = fuses_recurrent_products(weights.config)
+    if fuse:
+        # Layer 0's recurrent product for the next character, h0 @ W_h0, needs only the h0 that
+        # layer 1 multiplies now: one product [h0, h1] @ [[W_h0, W_x1], [0, W_h1]], (2H, 8H),
+        # gives both. XLA's GEMV splits the one product over two threads where it ran each of the
+        # two on one (README: Speed). The same math; only rounding differs (apart, XLA adds the
+        # input row into the product's sum), so a seed's text can differ from before where a draw
+        # falls within rounding of a tie, and in any chunking it is the same as in one run.
+        kernel1 = weights.kernels[1]  # (2H, 4H): [W_x1; W_h1]
+        fused = tf.concat([tf.concat([recurrent0, kernel1[:H]], 1),
+                           tf.concat([tf.zeros([H, 4 * H]), kernel1[H:]], 1)], 0)  # (2H, 8H)
     if V * 4 * H <= TABLE_FLOATS:
         table = weights.input_table()  # (V, 4H)
 
@@ -780,11 +798,23 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
     inputs = [prev, num_chars, noise, temperature, top_k, top_p, state]  # nested: XLA keeps the structure
 
     def loop(*args):
-        return _generation_loop(weights, input_gates, recurrent0, filtered, *args)
+        return _generation_loop(weights, input_gates, recurrent0, filtered, *args, fused=fused)
 
     # XLA compiles it on its first run only.
     generated, final_state = tf1.xla.experimental.compile(loop, inputs) if xla else loop(*inputs)
     return generated[:num_chars], final_state
+
+
+def fuses_recurrent_products(config):
+    """Whether the sampler computes layer 0's next recurrent product inside layer 1's (see
+    generate_chunk): for an LSTM of two or more layers without --layer_norm whose layer-1 product,
+    (2H, 4H), runs on one core in XLA's matrix-vector product and whose fused one, (2H, 8H), is
+    split over two (2x192 to 2x256). At 2x256 it samples 31% faster on the AMD EPYC here; at
+    2x128 the fused product would still run on one core, reading the zero block for nothing
+    (25% slower), and at 2x512 each product is already split (README: Speed)."""
+    H = config.hidden_size
+    return (config.model == "lstm" and not config.layer_norm and config.num_layers >= 2
+            and 8 * H * H <= GEMV_FMA_PER_THREAD < 16 * H * H)
 
 
 def max_chunk(vocab_size):
@@ -818,7 +848,7 @@ def _gumbel_noise(seed, offset, vocab_size, greedy):
 
 
 def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars, noise, temperature, top_k,
-                     top_p, state):
+                     top_p, state, fused=None):
     """Feed character ``prev`` (1,), draw the next, and repeat ``num_chars`` times: returns the
     drawn ids (one per row of ``noise``), of which the first ``num_chars`` count, and the final
     state.
@@ -829,11 +859,18 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
     so the row saves a quarter of the bytes per character. With --layer_norm, ``recurrent0``
     holds every layer's (input kernel, recurrent kernel), split (see generate_chunk). For gru
     and rnn, ``recurrent0`` holds every layer's (update, input kernel, recurrent parts) (see
-    ModelWeights.recurrent_update).
+    ModelWeights.recurrent_update). With ``fused`` ((2H, 8H), see generate_chunk) the loop carries
+    layer 0's input row plus its recurrent product, h0 @ W_h0, which layer 1's product computes
+    one character ahead.
     """
     tf, tf1 = load()
     inverse_temperature = 1.0 / tf.maximum(temperature, 1e-6)
     size = noise.shape[0]
+    H = weights.config.hidden_size
+
+    def next_recurrent(hidden0, hidden1):  # ([h0, h1] @ fused) split: (h0 @ W_h0, layer 1's gates)
+        both = tf.matmul(tf.concat([hidden0, hidden1], 1), fused)  # (1, 8H)
+        return both[:, :4 * H], both[:, 4 * H:]
 
     def body(i, x, state, generated):
         new_state = []
@@ -844,8 +881,13 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
                     if layer > 0:
                         x = weights.normalize_input(layer, tf.matmul(x, input_kernel))
                     gates = x + weights.normalize_recurrent(layer, tf.matmul(h, recurrent)) + weights.biases[layer]
+                elif layer == 1 and fused is not None:
+                    recurrent_next, gates = next_recurrent(x, h)
+                    gates = gates + weights.biases[layer]
                 elif layer > 0:
                     gates = tf.matmul(tf.concat([x, h], 1), weights.kernels[layer]) + weights.biases[layer]
+                elif fused is not None:
+                    gates = x + weights.biases[layer]  # x holds input row + h0 @ W_h0 already
                 else:
                     gates = x + tf.matmul(h, recurrent0) + weights.biases[layer]  # (1, 4H)
                 new_c, new_h = lstm_update(gates, c, weights.cell_norm(layer))
@@ -862,10 +904,16 @@ def _generation_loop(weights, input_gates, recurrent0, filtered, prev, num_chars
             logits = filter_logits(logits, top_k, top_p)
         nxt = tf.argmax(logits + noise[i], -1, output_type=tf.int32)  # (1,)
         generated = tf.tensor_scatter_nd_update(generated, [[i]], nxt)
-        return i + 1, input_gates(nxt), tuple(new_state), generated
+        x = input_gates(nxt)
+        if fused is not None:
+            x = x + recurrent_next
+        return i + 1, x, tuple(new_state), generated
 
+    x = input_gates(prev)
+    if fused is not None:  # the first character's recurrent product, as the loop computes the others
+        x = x + next_recurrent(state[0][1], state[1][1])[0]
     _, _, state, generated = tf.while_loop(
         lambda i, *_: i < num_chars, body,
-        [tf.constant(0), input_gates(prev), state, tf.zeros([size], tf.int32)],
+        [tf.constant(0), x, state, tf.zeros([size], tf.int32)],
         maximum_iterations=size)
     return generated, state

@@ -195,6 +195,48 @@ def test_small_noise_blocks_and_no_input_table_give_the_same_draws_in_any_chunki
         no_table.close()
 
 
+def test_layer_0s_next_product_inside_layer_1s_gives_the_same_text(trained, monkeypatch):
+    """The sampler of a 2-layer LSTM of 192-256 units computes h0 @ W_h0 for the next character
+    in one product with layer 1's, [h0, h1] @ [[W_h0, W_x1], [0, W_h1]] (XLA splits it over two
+    threads; forced here at 32 units by scaling XLA's threshold as 32 units scale it). The same math: the same draws as with the two products apart, at a high
+    temperature, in any chunking, and greedily; the state differs only by rounding (XLA adds the
+    input row into the product apart, after it fused)."""
+    from charrnn import model
+    from charrnn.tfcompat import load
+
+    tf, _ = load()
+    save, sampler = trained
+    H = sampler.config.hidden_size
+
+    def fused_kernels(s):  # the (2H, 8H) kernel the fused sampler builds once, outside its loop
+        return [op for op in s.session.graph.get_operations()
+                if op.type == "ConcatV2" and op.outputs[0].shape.as_list() == [2 * H, 8 * H]]
+
+    assert not model.fuses_recurrent_products(sampler.config) and not fused_kernels(sampler)
+    apart = sampler
+    monkeypatch.setattr(model, "GEMV_FMA_PER_THREAD", 8 * H * H)  # as 2^19 is to 256 units
+    assert model.fuses_recurrent_products(sampler.config)
+    sampler = Sampler(save)
+    try:
+        assert fused_kernels(sampler) and not fused_kernels(apart)
+        hot = text(sampler, "the ", 3000, seed=11, temperature=2.5)
+        assert text(apart, "the ", 3000, seed=11, temperature=2.5) == hot
+        assert text(apart, "the ", 3000, seed=11, temperature=2.5, chunk_size=333) == hot
+        assert text(sampler, "the ", 3000, seed=11, temperature=2.5, chunk_size=333) == hot
+        assert text(apart, "To ", 200, greedy=True) == text(sampler, "To ", 200, greedy=True)
+        # The state after 500 characters: the same to float rounding.
+        ids = sampler.vocab.encode("the ")
+        states = []
+        for s in (sampler, apart):
+            m = s.model
+            states.append(s.session.run(tf.nest.flatten(m.final_state), {
+                m.prime: ids, m.num_chars: 500, m.seed: 11, m.temperature: 2.5}))
+        for fused_part, apart_part in zip(*states):
+            np.testing.assert_allclose(fused_part, apart_part, rtol=1e-5, atol=1e-6)
+    finally:
+        sampler.close()
+
+
 def test_any_int64_seed_works_with_an_empty_prime(trained):
     """The first character of an empty prime is drawn with numpy, whose seeds are 32-bit."""
     _, sampler = trained
