@@ -13,33 +13,22 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-N = 20000
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 
 def child(save_dir, layout):
+    """bench/speed.py's sampling measurement, with the layout forced."""
     from charrnn import model
-    from charrnn.sample import Sampler
-    from charrnn.tfcompat import use_sampling_xla_flags
+    from speed import _sample_only  # bench/speed.py, beside this script
 
-    use_sampling_xla_flags()
     if layout == "apart":
         model.fuses_recurrent_products = lambda config: False
-    elif layout == "fused":
+    else:
         model.fuses_recurrent_products = lambda config: config.model == "lstm" and not config.layer_norm \
             and config.num_layers >= 2
-    sampler = Sampler(save_dir)
-    "".join(sampler.generate("The ", 200, chunk_size=N))  # warm-up: compiles the loop
-    runs = []
-    for seed in range(3):
-        started = time.perf_counter()
-        "".join(sampler.generate("The ", N, seed=seed, chunk_size=N))
-        runs.append(N / (time.perf_counter() - started))
-    sampler.close()
-    print(round(statistics.median(runs)))
+    _sample_only(save_dir)
 
 
 def main(save_dir, rounds):

@@ -56,6 +56,23 @@ def score(text):
     return ["score", {"text": ("string", text)}]
 
 
+def assert_export_agrees(save, models_dir, text):
+    """A --noxla export of ``save``, run by plain TensorFlow in a fresh process, generates the
+    Sampler's greedy text and scores ``text`` as charrnn-eval does: for the cell types and
+    options each test module trains (the export's own tests cover the rest)."""
+    version = export(save, models_dir, xla=False)
+    calls = {"greedy": generate("Now is ", 60, 0.0), "score": score(text)}
+    plain = subprocess.run([sys.executable, "-c", PLAIN_TF, version], capture_output=True, text=True,
+                           input=json.dumps([[name, *call] for name, call in calls.items()]), timeout=600)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    results = json.loads(plain.stdout.splitlines()[-1])
+    sampler = Sampler(save)
+    assert results["greedy"]["text"] == "".join(sampler.generate("Now is ", 60, greedy=True))
+    sampler.close()
+    assert results["score"]["nats_per_char"] == pytest.approx(evaluate_text(save, text)["nats_per_char"],
+                                                              rel=1e-5)
+
+
 LONG = MAX_CHUNK + 100  # two chunks
 CALLS = {
     "seeded": generate("To be", 300, 0.8, 3),

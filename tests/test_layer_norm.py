@@ -4,8 +4,6 @@ training, resume, sampling, evaluation and export on tiny real models."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +12,13 @@ from charrnn import train as trainer
 from charrnn.config import Config
 from charrnn.errors import ConfigError
 from charrnn.evaluate import evaluate_text
-from charrnn.export import export
 from charrnn.lstm import lstm_layer
 from charrnn.model import LAYER_NORM_VARIABLES, EvalGraph, ModelWeights, TrainGraph
 from charrnn.rundir import RunDir
 from charrnn.sample import Sampler
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, make_data_dir, run_cli, tiny_config
-from test_export import PLAIN_TF, generate, score
+from test_export import assert_export_agrees
 from test_model import _training_graph_gradients
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 8
@@ -374,17 +371,7 @@ def test_evaluation_agrees_with_validation_in_training(trained):
 
 def test_export_generates_the_samplers_text_and_scores_charrnn_evals(trained):
     root, _, save, _, _ = trained
-    version = export(save, str(root / "models"), xla=False)
-    calls = {"greedy": generate("Now is ", 60, 0.0), "score": score(TEXT[:200])}
-    plain = subprocess.run([sys.executable, "-c", PLAIN_TF, version], capture_output=True, text=True,
-                           input=json.dumps([[name, *call] for name, call in calls.items()]), timeout=600)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    results = json.loads(plain.stdout.splitlines()[-1])
-    sampler = Sampler(save)
-    assert results["greedy"]["text"] == "".join(sampler.generate("Now is ", 60, greedy=True))
-    sampler.close()
-    assert results["score"]["nats_per_char"] == pytest.approx(evaluate_text(save, TEXT[:200])["nats_per_char"],
-                                                              rel=1e-5)
+    assert_export_agrees(save, str(root / "models"), TEXT[:200])
 
 
 def test_fine_tuning_keeps_the_sources_layer_norm(trained, tmp_path):
