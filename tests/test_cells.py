@@ -8,12 +8,12 @@ import pytest
 from charrnn import train as trainer
 from charrnn.errors import ConfigError
 from charrnn.evaluate import evaluate_text
-from charrnn.model import EvalGraph, ModelWeights
+from charrnn.model import ModelWeights
 from charrnn.rundir import RunDir
-from charrnn.sample import Sampler
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, make_data_dir, run_cli, tiny_config
 from test_export import assert_export_agrees
+from test_sample import assert_sampler_follows_evaluation
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 8
 VAL_FRAC = 0.2
@@ -87,22 +87,7 @@ def test_greedy_sampling_follows_the_evaluation_graph_and_any_chunking(trained):
     """The in-graph sampler's written-out cell math: each greedy character is the argmax of the
     evaluation graph's (dynamic_rnn's) logits after the text before it; chunks change nothing."""
     _, _, _, save, _, _ = trained
-    sampler = Sampler(save)
-    prime = "Now is "
-    text = "".join(sampler.generate(prime, 40, greedy=True))
-    assert "".join(sampler.generate(prime, 40, greedy=True, chunk_size=7)) == text
-    seeded = "".join(sampler.generate(prime, 40, seed=4))
-    assert "".join(sampler.generate(prime, 40, seed=4, chunk_size=9)) == seeded
-    sampler.close()
-
-    tf, _ = load()
-    model = RunDir(save).open_model("auto")
-    ids = list(model.vocab.encode(text))
-    session, graph = model.restore(lambda c: EvalGraph(c, batch_size=1, seq_length=len(ids) - 1))
-    logits = session.run(graph.logits, {graph.inputs: [ids[:-1]], graph.targets: [ids[1:]]})[0]
-    session.close()
-    predicted = np.argmax(logits, -1)[len(prime) - 1:]
-    assert list(predicted) == list(ids[len(prime):])
+    assert_sampler_follows_evaluation(save)
 
 
 def test_evaluation_agrees_with_validation_in_training(trained):

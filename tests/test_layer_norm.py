@@ -15,10 +15,10 @@ from charrnn.evaluate import evaluate_text
 from charrnn.lstm import lstm_layer
 from charrnn.model import LAYER_NORM_VARIABLES, EvalGraph, ModelWeights, TrainGraph
 from charrnn.rundir import RunDir
-from charrnn.sample import Sampler
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, make_data_dir, run_cli, tiny_config
 from test_export import assert_export_agrees
+from test_sample import assert_sampler_follows_evaluation
 from test_model import _training_graph_gradients
 
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 8
@@ -299,21 +299,7 @@ def test_greedy_sampling_follows_the_evaluation_graph_and_any_chunking(trained):
     normalized apart above layer 0): each greedy character is the argmax of the evaluation
     graph's logits after the text before it; chunks change neither greedy nor seeded text."""
     _, _, save, _, _ = trained
-    sampler = Sampler(save)
-    prime = "Now is "
-    text = "".join(sampler.generate(prime, 40, greedy=True))
-    assert "".join(sampler.generate(prime, 40, greedy=True, chunk_size=7)) == text
-    seeded = "".join(sampler.generate(prime, 40, seed=4))
-    assert "".join(sampler.generate(prime, 40, seed=4, chunk_size=9)) == seeded
-    assert "".join(sampler.generate(prime, 40, seed=4)) == seeded
-    sampler.close()
-
-    model = RunDir(save).open_model("auto")
-    ids = list(model.vocab.encode(text))
-    session, graph = model.restore(lambda c: EvalGraph(c, batch_size=1, seq_length=len(ids) - 1))
-    logits = session.run(graph.logits, {graph.inputs: [ids[:-1]], graph.targets: [ids[1:]]})[0]
-    session.close()
-    assert list(np.argmax(logits, -1)[len(prime) - 1:]) == ids[len(prime):]
+    assert_sampler_follows_evaluation(save)
 
 
 def test_the_samplers_step_is_the_papers_equations(trained):

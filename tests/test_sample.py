@@ -28,6 +28,30 @@ def text(sampler, prime, n, **kw):
     return "".join(sampler.generate(prime, n, **kw))
 
 
+def assert_sampler_follows_evaluation(save):
+    """The in-graph sampler's written-out math against the evaluation graph's: each greedy
+    character is the argmax of the evaluation graph's logits after the text before it, and
+    chunks change neither greedy nor seeded text (for the cell types and options other test
+    modules train)."""
+    from charrnn.model import EvalGraph
+    from charrnn.rundir import RunDir
+
+    sampler = Sampler(save)
+    prime = "Now is "
+    greedy = text(sampler, prime, 40, greedy=True)
+    assert text(sampler, prime, 40, greedy=True, chunk_size=7) == greedy
+    seeded = text(sampler, prime, 40, seed=4)
+    assert text(sampler, prime, 40, seed=4, chunk_size=9) == seeded
+    assert text(sampler, prime, 40, seed=4) == seeded
+    sampler.close()
+    model = RunDir(save).open_model("auto")
+    ids = list(model.vocab.encode(greedy))
+    session, graph = model.restore(lambda c: EvalGraph(c, batch_size=1, seq_length=len(ids) - 1))
+    logits = session.run(graph.logits, {graph.inputs: [ids[:-1]], graph.targets: [ids[1:]]})[0]
+    session.close()
+    assert list(np.argmax(logits, -1)[len(prime) - 1:]) == ids[len(prime):]
+
+
 def test_same_seed_same_text_and_prime_plus_n_characters(trained):
     _, sampler = trained
     a = text(sampler, "To be", 120, seed=3)
