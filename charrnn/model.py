@@ -745,13 +745,13 @@ def read_prime(weights, prime, initial_state):
 
 
 def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, top_p, greedy, state,
-                   filtered, xla=True, fuse=None):
+                   filtered, xla=True):
     """Feed ``prev`` (1,) after ``state`` and draw ``num_chars`` (<= max_chunk(V)) characters, the
     first at absolute position ``offset``, in one XLA-compiled loop: (ids (num_chars,), final
     state). ``filtered`` applies top-k/top-p; ``xla=False`` leaves the loop to TensorFlow's
     executor. SampleGraph builds it on placeholders; the exported SavedModel in a loop over
-    chunks, so both give the same text. ``fuse`` computes layer 0's next recurrent product in
-    layer 1's (see below; None: where :func:`fuses_recurrent_products` says it pays)."""
+    chunks, so both give the same text. Where :func:`fuses_recurrent_products` says it pays, layer
+    0's next recurrent product is computed in layer 1's (see below)."""
     tf, tf1 = load()
     V, H = weights.config.vocab_size, weights.config.hidden_size
     if weights.config.model == "lstm":
@@ -772,9 +772,7 @@ def generate_chunk(weights, prev, num_chars, seed, offset, temperature, top_k, t
                       for layer, (update, parts) in enumerate(map(weights.recurrent_update,
                                                                   range(weights.config.num_layers)))]
     fused = None
-    if fuse is None:
-        fuse = fuses_recurrent_products(weights.config)
-    if fuse:
+    if fuses_recurrent_products(weights.config):
         # Layer 0's recurrent product for the next character, h0 @ W_h0, needs only the h0 that
         # layer 1 multiplies now: one product [h0, h1] @ [[W_h0, W_x1], [0, W_h1]], (2H, 8H),
         # gives both. XLA's GEMV splits the one product over two threads where it ran each of the
