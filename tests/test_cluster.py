@@ -509,6 +509,29 @@ def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_proce
         np.testing.assert_allclose(cluster_tensors[name], value, atol=1e-3, err_msg=name)
 
 
+def test_a_layer_norm_cluster_ends_with_the_weights_of_one_process_of_twice_the_batch(tmp_path):
+    """--layer_norm's six variables per layer live on the ps tasks like the others, the workers
+    take the flag from the chief, and their written-out layerwise gradients, averaged, make the
+    update one layerwise process of twice the batch makes (both dense: to float rounding, which
+    the norms amplify)."""
+    data = make_data_dir(tmp_path, TEXT)
+    extra = dict(layer_norm=True, rnn_impl="layerwise", num_layers=2)
+    result, save, _ = local_cluster(tmp_path, data, "ln", *config_flags(extra)[:-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = str(tmp_path / "single")
+    config = tiny_config(**{**PER_WORKER, **extra, "batch_size": 2 * PER_WORKER["batch_size"]})
+    trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
+    cluster_tensors, single_tensors = checkpoint_tensors(save), checkpoint_tensors(single)
+    assert cluster_tensors.keys() == single_tensors.keys()
+    assert sum("layer_norm/" in name and "Adam" not in name for name in cluster_tensors) == 12
+    # The norms divide by each row's spread, so the averaging's rounding (1e-7) grows more than
+    # without them: weights within 3e-5 here (1e-5 measured), the carried state within 2e-3
+    # (4e-4). A worker without the norms, or a gain the update misses, is off by 1e-2 or more.
+    for name, value in single_tensors.items():
+        atol = 2e-3 if "train_state" in name else 3e-5
+        np.testing.assert_allclose(cluster_tensors[name], value, rtol=1e-4, atol=atol, err_msg=name)
+
+
 def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_ends_the_run(tmp_path):
     """--nosync_replicas: each worker applies its own gradient, moving the shared global step;
     --max_steps counts global steps, every task exits 0, and the chief's save directory (which
