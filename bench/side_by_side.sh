@@ -13,11 +13,12 @@ for round in $(seq "$rounds"); do
   for hidden in 256 512; do
     steps=$([ "$hidden" = 256 ] && echo 40 || echo 20)
     echo "[$cpu] round $round hidden $hidden torch $("$torch_python" "$reference" "$data" --hidden "$hidden" --steps "$steps")"
-    # speed.py's defaults are charrnn-train's (XLA on): the plain graph needs --noxla.
+    # speed.py's defaults are charrnn-train's (XLA on): the plain graph needs --noxla. The
+    # reference trains with plain Adam, so charrnn does too (its default is AdamW since 0.2).
     for graph in "cell --noxla" "cell --xla" "layerwise --xla"; do
       # shellcheck disable=SC2086
       result=$(python "$here/speed.py" --data "$data" --hidden_size "$hidden" --rnn_impl $graph \
-               --skip_startup --steps "$steps" 2>/dev/null | tail -1)
+               --weight_decay 0 --skip_startup --steps "$steps" 2>/dev/null | tail -1)
       echo "[$cpu] round $round hidden $hidden charrnn[$graph] $result"
     done
   done
