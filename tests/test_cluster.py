@@ -489,20 +489,27 @@ def test_a_single_machine_run_continues_on_workers_that_share_its_streams(tmp_pa
         trainer.prepare(tiny_config(), data, save, replica=(0, 4))
 
 
-def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_process(tmp_path):
-    """The cell type, the step-budget schedule and AdamW reach the workers and the chief's update:
-    the learning rate ends where one process's does, exactly, and the weights agree with one
-    process of twice the batch (to the ~1e-4 that separates TF1's sparse Adam on the cell graph's
-    embedding gradient from the dense one the workers send)."""
+def cluster_and_one_process(tmp_path, name, extra):
+    """A local cluster of two workers and one process of twice the batch, both trained with the
+    config values ``extra`` (without XLA) on TEXT: their checkpoints' tensors, by the same names."""
     data = make_data_dir(tmp_path, TEXT)
-    extra = dict(model="gru", decay_schedule="cosine", warmup_steps=2, weight_decay=0.1)
-    result, save, _ = local_cluster(tmp_path, data, "gru", *config_flags(extra)[:-1])
+    result, save, _ = local_cluster(tmp_path, data, name, *config_flags(extra)[:-1])
     assert result.returncode == 0, result.stderr[-3000:]
     single = str(tmp_path / "single")
     config = tiny_config(**{**PER_WORKER, **extra, "batch_size": 2 * PER_WORKER["batch_size"]})
     trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
     cluster_tensors, single_tensors = checkpoint_tensors(save), checkpoint_tensors(single)
     assert cluster_tensors.keys() == single_tensors.keys()
+    return cluster_tensors, single_tensors
+
+
+def test_a_gru_cluster_with_a_cosine_schedule_and_weight_decay_follows_one_process(tmp_path):
+    """The cell type, the step-budget schedule and AdamW reach the workers and the chief's update:
+    the learning rate ends where one process's does, exactly, and the weights agree with one
+    process of twice the batch (to the ~1e-4 that separates TF1's sparse Adam on the cell graph's
+    embedding gradient from the dense one the workers send)."""
+    cluster_tensors, single_tensors = cluster_and_one_process(
+        tmp_path, "gru", dict(model="gru", decay_schedule="cosine", warmup_steps=2, weight_decay=0.1))
     assert not any("/c" in name.rsplit("layer_", 1)[-1] for name in cluster_tensors if "state" in name)
     assert cluster_tensors["model/learning_rate"] == single_tensors["model/learning_rate"]
     for name, value in single_tensors.items():
@@ -514,15 +521,8 @@ def test_a_layer_norm_cluster_ends_with_the_weights_of_one_process_of_twice_the_
     take the flag from the chief, and their written-out layerwise gradients, averaged, make the
     update one layerwise process of twice the batch makes (both dense: to float rounding, which
     the norms amplify)."""
-    data = make_data_dir(tmp_path, TEXT)
-    extra = dict(layer_norm=True, rnn_impl="layerwise", num_layers=2)
-    result, save, _ = local_cluster(tmp_path, data, "ln", *config_flags(extra)[:-1])
-    assert result.returncode == 0, result.stderr[-3000:]
-    single = str(tmp_path / "single")
-    config = tiny_config(**{**PER_WORKER, **extra, "batch_size": 2 * PER_WORKER["batch_size"]})
-    trainer.train(trainer.prepare(config, data, single), single, str(tmp_path / "single-logs"))
-    cluster_tensors, single_tensors = checkpoint_tensors(save), checkpoint_tensors(single)
-    assert cluster_tensors.keys() == single_tensors.keys()
+    cluster_tensors, single_tensors = cluster_and_one_process(
+        tmp_path, "ln", dict(layer_norm=True, rnn_impl="layerwise", num_layers=2))
     assert sum("layer_norm/" in name and "Adam" not in name for name in cluster_tensors) == 12
     # The norms divide by each row's spread, so the averaging's rounding (1e-7) grows more than
     # without them: weights within 3e-5 here (1e-5 measured), the carried state within 2e-3
