@@ -18,16 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 
-def child(save_dir, layout):
-    """bench/speed.py's sampling measurement, with the layout forced."""
+def child(save_dir, layout, hidden_size):
+    """bench/speed.py's sampling measurement, with the layout forced through the threshold that
+    charrnn.model.fuses_recurrent_products reads: 0 never fuses, 8H^2 fuses at this width."""
     from charrnn import model
     from speed import _sample_only  # bench/speed.py, beside this script
 
-    if layout == "apart":
-        model.fuses_recurrent_products = lambda config: False
-    else:
-        model.fuses_recurrent_products = lambda config: config.model == "lstm" and not config.layer_norm \
-            and config.num_layers >= 2
+    model.GEMV_FMA_PER_THREAD = 0 if layout == "apart" else 8 * hidden_size * hidden_size
     _sample_only(save_dir)
 
 
@@ -40,7 +37,8 @@ def main(save_dir, rounds):
     results = {"fused": [], "apart": []}
     for _ in range(rounds):
         for layout in results:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", layout, save_dir],
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", layout,
+                                  str(config.hidden_size), save_dir],
                                  capture_output=True, text=True, check=True).stdout
             results[layout].append(int(out.split()[-1]))
     print(json.dumps({"cpu": cpu_model(), "model": f"{config.num_layers}x{config.hidden_size} {config.model}",
@@ -50,7 +48,7 @@ def main(save_dir, rounds):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(sys.argv[3], sys.argv[2])
+        child(sys.argv[4], sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) in (2, 3):
         main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 3)
     else:
