@@ -151,9 +151,12 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
     def layer(projected, recurrent, recurrent_t, cell0, hidden0, *norms):
         recurrent_norm, cell_norm = (norms[:2], norms[2:]) if normalized else (None, None)
 
+        # The activations overwrite the input pre-activations step by step, in the array that
+        # holds them: under XLA the loop then updates `projected`'s own buffer in place instead of
+        # a new (T, B, 4H) array that is zero-filled and copied every step.
         def body(t, cell, hidden, outputs, cells, activations, *extra):
             product = tf.matmul(hidden, recurrent)  # (B, 4H)
-            gates = steps.read(t) + (layer_norm(product, *recurrent_norm) if normalized else product)
+            gates = activations.read(t) + (layer_norm(product, *recurrent_norm) if normalized else product)
             i, j, f, o = lstm_activations(gates)
             candidate = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
             new_hidden = o * tf.tanh(layer_norm(candidate, *cell_norm) if normalized else candidate)
@@ -167,7 +170,8 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             return (t + 1, cell, hidden, outputs.write(t, hidden), cells.write(t, cell),
                     activations.write(t, tf.concat([i, j, f, o], 1))) + tuple(extra)
 
-        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(3 + keep_candidates + normalized)]
+        arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(2)] + [steps] + [
+            tf.TensorArray(tf.float32, size=T) for _ in range(keep_candidates + normalized)]
         _, cell, hidden, outputs, cells, activations, *extra = tf.while_loop(
             lambda t, *_: t < T, body, [tf.constant(0), cell0, hidden0] + arrays)
         outputs, cells, activations = outputs.stack(), cells.stack(), activations.stack()
@@ -193,7 +197,8 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             # d_gates = [dc, dc, dc, dh] * local, the activations' derivatives times their partners
             local = tf.concat([j * i * (1.0 - i), i * (1.0 - j * j), previous_cells * f * (1.0 - f),
                                tanh_cells * o * (1.0 - o)], 2)  # (T, B, 4H)
-            d_steps = tf.TensorArray(tf.float32, size=T)
+            # d_gates overwrites local[t] in its own array, as the forward loop's activations do.
+            d_steps = tf.TensorArray(tf.float32, size=T).unstack(local)
             # With LN, also d(h @ W_h) (before its norm: W_h's gradient) and d LN(c~) per step.
             d_arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(2 if normalized else 0)]
 
@@ -211,7 +216,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
                     d_c += layer_norm_backward(d_cell_norm, cell_norm[0], cell_xhat[t], cell_inverse_sigma[t])
                 else:
                     d_c += d_new_h * h_to_c[t]
-                d_gates = tf.concat([d_c, d_c, d_c, d_new_h], 1) * local[t]  # (B, 4H)
+                d_gates = tf.concat([d_c, d_c, d_c, d_new_h], 1) * d_steps.read(t)  # (B, 4H): * local[t]
                 d_product = d_gates  # d (h @ W_h)
                 if normalized:
                     d_product = layer_norm_backward(d_gates, recurrent_norm[0], recurrent_xhat[t],
