@@ -199,6 +199,8 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
                                tanh_cells * o * (1.0 - o)], 2)  # (T, B, 4H)
             # d_gates overwrites local[t] in its own array, as the forward loop's activations do.
             d_steps = tf.TensorArray(tf.float32, size=T).unstack(local)
+            H = tf.shape(hidden0)[1]
+            is_output = tf.range(4 * H) >= 3 * H  # (4H,): the output gate's columns
             # With LN, also d(h @ W_h) (before its norm: W_h's gradient) and d LN(c~) per step.
             d_arrays = [tf.TensorArray(tf.float32, size=T) for _ in range(2 if normalized else 0)]
 
@@ -216,7 +218,9 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
                     d_c += layer_norm_backward(d_cell_norm, cell_norm[0], cell_xhat[t], cell_inverse_sigma[t])
                 else:
                     d_c += d_new_h * h_to_c[t]
-                d_gates = tf.concat([d_c, d_c, d_c, d_new_h], 1) * d_steps.read(t)  # (B, 4H): * local[t]
+                # [dc, dc, dc, dh] * local[t], as a broadcast select: XLA fuses it into the product
+                # with local[t], where a concatenation was a separate pass over (B, 4H).
+                d_gates = tf.where(is_output, tf.tile(d_new_h, [1, 4]), tf.tile(d_c, [1, 4])) * d_steps.read(t)
                 d_product = d_gates  # d (h @ W_h)
                 if normalized:
                     d_product = layer_norm_backward(d_gates, recurrent_norm[0], recurrent_xhat[t],
@@ -232,7 +236,6 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             d_steps = d_steps.stack()  # (T, B, 4H): the gradient of `projected`
             d_products = d_arrays[0].stack() if normalized else d_steps  # (T, B, 4H)
             previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
-            H = tf.shape(hidden0)[1]
             d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
                                     tf.reshape(d_products, [-1, 4 * H]), transpose_a=True)
             d_norms = []
