@@ -118,6 +118,14 @@ class Config:
                               "2016): gates = LN(x W_x) + LN(h W_h) + bias and h = o x tanh(LN(c)), each "
                               "LN with its own learned gain and shift; the cell is carried "
                               "unnormalized. --model lstm only; either --rnn_impl.")
+    # Initialization (issue 15): only a fresh run's starting weights, so a config.json without it
+    # (0.1.0's) ran with 0, and a resume or --init_from does not read it.
+    forget_bias_init: float = _field(0.0, "Starting value of each LSTM layer's forget-gate bias, on top "
+                                     "of the 1 LSTMCell always adds to the forget gate: 0 (0.1.0's) "
+                                     "starts the gate at sigmoid(1), 1 at sigmoid(2), so cells keep "
+                                     "more of their state early in training (Gers et al. 2000). The "
+                                     "other gates' biases start at 0. --model lstm only.",
+                                     min=0, max=10)
     # Speed: how the training graph is built. Both share checkpoints and give the same losses.
     rnn_impl: str = _field("cell", "Training graph: 'cell' is MultiRNNCell+dynamic_rnn; 'layerwise' "
                            "computes the same LSTM one layer at a time (faster; same checkpoints).",
@@ -223,6 +231,8 @@ def _problems(values, unset_ok):
         problems.append(f"{' and '.join(zoned)} need{'s' if len(zoned) == 1 else ''} --rnn_impl layerwise "
                         "(zoneout's training is written into the layerwise graph only); add --rnn_impl "
                         "layerwise (same checkpoints)")
+    if _has_type(values["forget_bias_init"], float) and values["forget_bias_init"] != 0 and values["model"] != "lstm":
+        problems.append(f"--forget_bias_init starts LSTMs' forget gates only; drop it to train --model {values['model']}")
     if values["layer_norm"] is True and values["model"] != "lstm":
         problems.append(f"--layer_norm normalizes LSTMs only; drop it to train --model {values['model']}")
     if values["model"] != "lstm" and values["rnn_impl"] == "layerwise":

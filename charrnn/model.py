@@ -112,6 +112,15 @@ class ModelWeights:
 
         return initializer
 
+    def _bias_initializer(self):
+        """An LSTM layer's bias (4H,: gates i, j, f, o) starts at 0, the forget gate's block at
+        --forget_bias_init (LSTMCell adds 1 to that gate on top)."""
+        _, tf1 = load()
+        value, H = self.config.forget_bias_init, self.config.hidden_size
+        if not value:
+            return tf1.zeros_initializer()
+        return tf1.constant_initializer([0.0] * (2 * H) + [value] * H + [0.0] * H)
+
     def cell_variables(self):
         """Each layer's variables in the order its cell creates them (made or reused):
         lstm (kernel (2H, 4H), bias (4H,)); gru (gates kernel (2H, 2H), gates bias (2H,),
@@ -150,7 +159,7 @@ class ModelWeights:
                     with tf1.variable_scope(f"rnn/multi_rnn_cell/cell_{layer}/lstm_cell"):
                         variables = (
                             tf1.get_variable("kernel", [2 * H, 4 * H], initializer=self._kernel_initializer(layer)),
-                            tf1.get_variable("bias", [4 * H], initializer=tf1.zeros_initializer()))
+                            tf1.get_variable("bias", [4 * H], initializer=self._bias_initializer()))
                         if self.config.layer_norm:
                             variables += _layer_norm_variables(tf1.get_variable, H)
                         self._lstm.append(variables)
@@ -231,6 +240,8 @@ class ModelWeights:
         H, model = self.config.hidden_size, self.config.model
         if model == "lstm":
             cell_class = _layer_norm_lstm_cell_class() if self.config.layer_norm else tf1.nn.rnn_cell.LSTMCell
+            if self.config.forget_bias_init:
+                cell_class = _bias_initialized_cell_class(cell_class, self._bias_initializer())
             cells = [cell_class(H, initializer=self._kernel_initializer(layer))
                      for layer in range(self.config.num_layers)]
             if self.config.zoneout_c or self.config.zoneout_h:
@@ -394,6 +405,20 @@ def _layer_norm_variables(get_variable, H):
     return tuple(get_variable(name, shape=[H if "/cell/" in name else 4 * H],
                               initializer=ones if name.endswith("gain") else zeros)
                  for name in LAYER_NORM_VARIABLES)
+
+
+def _bias_initialized_cell_class(cell_class, initializer):
+    """``cell_class`` (LSTMCell or LayerNormLSTMCell), whose build makes its bias with
+    ``initializer`` instead of zeros (--forget_bias_init); same name, so the same variable names."""
+
+    class Cell(cell_class):
+        def add_weight(self, name, *args, **kwargs):
+            if name == "bias":
+                kwargs["initializer"] = initializer
+            return super().add_weight(name, *args, **kwargs)
+
+    Cell.__name__ = Cell.__qualname__ = cell_class.__name__  # LSTMCell's default scope: lstm_cell
+    return Cell
 
 
 def _layer_norm_lstm_cell_class():

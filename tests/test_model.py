@@ -612,3 +612,43 @@ def test_weight_decay_shrinks_the_matrices_apart_from_adams_step(write_data, tmp
         shrink = lr * 0.5 * value if value.ndim == 2 else 0.0
         np.testing.assert_allclose(after[0.5][name], after[0.0][name] - shrink, rtol=1e-5, atol=1e-7,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("graph", [{}, {"rnn_impl": "layerwise"}, {"layer_norm": True}])
+def test_forget_bias_init_starts_each_layers_forget_gate_block_and_nothing_else(graph):
+    """--forget_bias_init b: each LSTM layer's bias starts at b in the forget gate's block (i, j, f,
+    o order) and 0 elsewhere, in every graph; the math still adds LSTMCell's 1 on top, so with b = 0
+    the gate starts as 0.1.0's did, and the kernels start as they do without the flag."""
+    _, tf1 = load()
+
+    def start(config):  # each layer's (bias, kernel) at step 0, in layer order
+        session, _ = _session(config, TrainGraph)
+        with session.graph.as_default():
+            named = {v.name: v for v in tf1.trainable_variables()}
+        cells = sorted(name[:-len("/kernel:0")] for name in named if name.endswith("lstm_cell/kernel:0"))
+        values = session.run([(named[f"{cell}/bias:0"], named[f"{cell}/kernel:0"]) for cell in cells])
+        session.close()
+        return values
+
+    H = 16
+    layers = start(tiny_config(num_layers=2, forget_bias_init=1.5, **graph))
+    plain = start(tiny_config(num_layers=2, **graph))
+    assert len(layers) == len(plain) == 2
+    for (bias, kernel), (plain_bias, plain_kernel) in zip(layers, plain):
+        np.testing.assert_array_equal(bias, np.r_[np.zeros(2 * H), np.full(H, 1.5), np.zeros(H)])
+        np.testing.assert_array_equal(plain_bias, np.zeros(4 * H))
+        np.testing.assert_array_equal(kernel, plain_kernel)
+
+
+def test_forget_bias_init_is_refused_for_other_cells_and_absent_means_zero():
+    from charrnn.config import Config
+    from charrnn.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        tiny_config(model="gru", forget_bias_init=1.0).validate()
+    assert str(raised.value) == "--forget_bias_init starts LSTMs' forget gates only; drop it to train --model gru"
+    with pytest.raises(ConfigError, match=r"--forget_bias_init must be in \[0, 10\] \(got -1.0\)"):
+        tiny_config(forget_bias_init=-1.0).validate()
+    tiny_config(model="gru").validate()
+    saved = {k: v for k, v in vars(tiny_config(vocab_size=5, data_sha256="x")).items() if k != "forget_bias_init"}
+    assert Config.from_dict(saved, "config.json").forget_bias_init == 0.0
