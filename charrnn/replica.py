@@ -387,17 +387,24 @@ class AsyncChiefTrainer(ChiefTrainer):
             f"an epoch is {self.steps_per_epoch} global steps")
 
     def run(self, max_steps=None, max_minutes=None):
-        end = self.total_steps if max_steps is None else min(self.total_steps, self.first_step + max_steps)
-        self.session.run(self.model.set_end_step, {self.model.next_step: end})  # the others start now
-        return super().run(max_steps, max_minutes)
+        self.end = self.total_steps if max_steps is None else min(self.total_steps, self.first_step + max_steps)
+        try:
+            return super().run(max_steps, max_minutes)
+        finally:
+            if not self.joined:  # no step was taken: the others start, see the end and stop
+                self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
 
     def train_step(self):
         loss, norm, after, _ = self.share.run(self.step)
         self.refuse_non_finite(loss, norm)
         self.step = after
         if not self.joined:
-            self._wait_for_workers()
+            # The others start only now, after the chief's first update: that update's first run
+            # of the step (seconds on a loaded machine) then cannot land after theirs with the
+            # rate of the global step it read before them. Then the chief waits for theirs.
+            self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
             self.joined = True
+            self._wait_for_workers()
         return loss, norm
 
     def _wait_for_workers(self, poll_seconds=0.1):

@@ -150,5 +150,6 @@ def test_the_0_1_0_fixture_config_loads_to_the_same_values():
                      "decay_schedule": "epoch", "decay_steps": 0, "warmup_steps": 100, "final_lr_frac": 0.0,
                      "model": "lstm", "variational_dropout": False, "input_dropout": True, "weight_decay": 0.0,
                      "weight_drop": 0.0, "zoneout_c": 0.0, "zoneout_h": 0.0, "layer_norm": False,
+                     "forget_bias_init": 0.0,  # only a fresh run's starting weights
                      "sync_replicas": True}  # only a cluster reads it
     assert all(type(getattr(config, f.name)) is f.type for f in dataclasses.fields(Config))
