@@ -388,11 +388,10 @@ class AsyncChiefTrainer(ChiefTrainer):
 
     def run(self, max_steps=None, max_minutes=None):
         self.end = self.total_steps if max_steps is None else min(self.total_steps, self.first_step + max_steps)
-        try:
-            return super().run(max_steps, max_minutes)
-        finally:
-            if not self.joined:  # no step was taken: the others start, see the end and stop
-                self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
+        result = super().run(max_steps, max_minutes)
+        if not self.joined:  # no step was taken: the others start, see the end and stop
+            self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
+        return result
 
     def train_step(self):
         loss, norm, after, _ = self.share.run(self.step)

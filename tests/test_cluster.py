@@ -579,6 +579,13 @@ def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_en
     lines = [line for line in (again.stdout + again.stderr).splitlines() if line.startswith("[worker0] step ")]
     assert lines and all("chars/s (cluster)" in line for line in lines), lines
     assert int(checkpoint_tensors(save)["model/global_step"]) >= 32
+    # Once more, with the run complete: the chief has nothing to do, and the other worker, which
+    # starts training only after the chief's first update, still ends without one and exits.
+    done, _, _ = local_cluster(tmp_path, data, "async", *schedule[:-1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[worker0] nothing to do: step 3" in done.stderr
+    assert re.search(r"\[worker1\] worker 1: (stopped by the chief|the run reached step 3\d/32) after 0 update\(s\)",
+                     done.stderr), done.stderr[-3000:]
 
 
 def test_with_xla_auto_the_chief_times_both_and_every_worker_takes_its_choice(tmp_path):
