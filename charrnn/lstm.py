@@ -96,9 +96,9 @@ def rnn_update(inputs, hidden, recurrent, bias):
     return tf.tanh(inputs + tf.matmul(hidden, recurrent) + bias)
 
 
-def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, None), norms=None, bias=None):
+def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, bias, preserve=(None, None), norms=None):
     """One LSTM layer over time: projected (T, B, 4H) input pre-activations, recurrent (H, 4H),
-    initial state (B, H) each, bias (4H,) or None -> outputs (T, B, H), final cell, final hidden.
+    initial state (B, H) each, bias (4H,) -> outputs (T, B, H), final cell, final hidden.
     The gates are projected[t] + h @ recurrent + bias: the bias is added in the loop, so that
     ``projected``'s own buffer is the one the loop overwrites (see below), without a pass that
     makes a biased copy of it first.
@@ -136,7 +136,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             if recurrent_norm is not None:
                 product = layer_norm(product, *recurrent_norm)
             gates = steps.read(t) + product
-            new_cell, new_hidden = lstm_update(gates if bias is None else gates + bias, cell, cell_norm)
+            new_cell, new_hidden = lstm_update(gates + bias, cell, cell_norm)
             cell = zone_out(cell, new_cell, at(preserve_cell, t))
             hidden = zone_out(hidden, new_hidden, at(preserve_hidden, t))
             return t + 1, cell, hidden, outputs.write(t, hidden)
@@ -150,11 +150,9 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
     # With layer norm, it also needs the raw recurrent products h @ W_h (for their statistics).
     keep_candidates = preserve_cell is not None
     normalized = norms is not None
-    biased = bias is not None
 
     @tf.custom_gradient
-    def layer(projected, recurrent, recurrent_t, cell0, hidden0, *extra_inputs):
-        bias, norms = (extra_inputs[0], extra_inputs[1:]) if biased else (None, extra_inputs)
+    def layer(projected, recurrent, recurrent_t, cell0, hidden0, bias, *norms):
         recurrent_norm, cell_norm = (norms[:2], norms[2:]) if normalized else (None, None)
 
         # The activations overwrite the input pre-activations step by step, in the array that
@@ -162,8 +160,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
         # a new (T, B, 4H) array that is zero-filled and copied every step.
         def body(t, cell, hidden, outputs, cells, activations, *extra):
             product = tf.matmul(hidden, recurrent)  # (B, 4H)
-            gates = activations.read(t) + (layer_norm(product, *recurrent_norm) if normalized else product)
-            gates = gates if bias is None else gates + bias
+            gates = activations.read(t) + (layer_norm(product, *recurrent_norm) if normalized else product) + bias
             i, j, f, o = lstm_activations(gates)
             candidate = f * cell + i * j  # lstm_update's, keeping the activations for the backward pass
             new_hidden = o * tf.tanh(layer_norm(candidate, *cell_norm) if normalized else candidate)
@@ -245,7 +242,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
             previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
             d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
                                     tf.reshape(d_products, [-1, 4 * H]), transpose_a=True)
-            d_extra = [tf.reduce_sum(d_steps, [0, 1])] if biased else []  # the bias's
+            d_extra = [tf.reduce_sum(d_steps, [0, 1])]  # the bias's
             if normalized:  # the gains' and shifts' gradients: sums over time and batch
                 d_cell_norms = d_arrays[1].stack()  # (T, B, H)
                 d_extra += [tf.reduce_sum(d_steps * recurrent_xhat, [0, 1]), tf.reduce_sum(d_steps, [0, 1]),
@@ -254,7 +251,7 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, preserve=(None, 
 
         return (outputs, cell, hidden), grad
 
-    return layer(projected, recurrent, recurrent_t, cell, hidden, *([bias] if biased else []), *(norms or ()))
+    return layer(projected, recurrent, recurrent_t, cell, hidden, bias, *(norms or ()))
 
 
 def matmul_pretransposed(x, w, w_t):

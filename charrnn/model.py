@@ -367,9 +367,8 @@ def _layerwise(config, weights, ids, initial_state, input_mask, masks, transpose
         norms = weights.layer_norms(layer)
         output, cell, hidden = lstm_layer(projected, recurrent,
                                           transposed["recurrent"][layer] if transposed else None,
-                                          *initial_state[layer], preserve=preserve,
-                                          norms=None if norms is None else norms[1] + norms[2],
-                                          bias=weights.biases[layer])  # (T, B, H)
+                                          *initial_state[layer], weights.biases[layer], preserve=preserve,
+                                          norms=None if norms is None else norms[1] + norms[2])  # (T, B, H)
         final_state.append(tf1.nn.rnn_cell.LSTMStateTuple(cell, hidden))
         if masks is not None:
             output = output * tf.transpose(masks[:, :, layer], [1, 0, 2])

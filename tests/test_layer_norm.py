@@ -147,7 +147,7 @@ def test_each_layer_adds_six_variables_in_one_order_and_the_model_is_the_papers(
 def test_lstm_layers_written_out_gradients_with_layer_norm_equal_tensorflows(zoneout):
     """lstm_layer with norms: the written-out backward pass (recurrent_t given) gives the
     gradient TensorFlow derives from the plain loop for every input (projected, the recurrent
-    kernel, the initial state, each gain and shift), with zoneout off, with masks on c and h,
+    kernel, the initial state, the bias, each gain and shift), with zoneout off, with masks on c and h,
     with a mask on h alone (no candidates kept) and with rates; both paths compute the same
     outputs and final state."""
     tf, tf1 = load()
@@ -158,6 +158,7 @@ def test_lstm_layers_written_out_gradients_with_layer_norm_equal_tensorflows(zon
     cell0, hidden0 = (tf.constant(rng.randn(B, H) * s, tf.float32) for s in (1.0, 0.5))
     norms = [tf.constant(base + 0.3 * rng.randn(n), tf.float32)
              for base, n in ((1.0, 4 * H), (0.0, 4 * H), (1.0, H), (0.0, H))]
+    bias = tf.constant(0.3 * rng.randn(4 * H), tf.float32)
 
     def mask(rate):
         return tf.constant((rng.rand(T, B, H) < rate).astype(np.float32))
@@ -166,17 +167,17 @@ def test_lstm_layers_written_out_gradients_with_layer_norm_equal_tensorflows(zon
                 "rates": (0.4, 0.2)}[zoneout]
     # A loss of every output: the outputs and the final state, each with its own weights.
     weights = [tf.constant(rng.randn(*shape), tf.float32) for shape in ((T, B, H), (B, H), (B, H))]
-    inputs = [projected, recurrent, cell0, hidden0] + norms
+    inputs = [projected, recurrent, cell0, hidden0, bias] + norms
     results = {}
     for name, recurrent_t in (("written", tf.transpose(recurrent)), ("derived", None)):
-        outputs = lstm_layer(projected, recurrent, recurrent_t, cell0, hidden0, preserve=preserve, norms=norms)
+        outputs = lstm_layer(projected, recurrent, recurrent_t, cell0, hidden0, bias, preserve=preserve, norms=norms)
         loss = sum(tf.reduce_sum(o * w) for o, w in zip(outputs, weights))
         results[name] = (outputs, tf.gradients(loss, inputs))
     with tf1.Session() as session:
         results = session.run(results)
     for got, want in zip(results["written"][0], results["derived"][0]):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    names = ["projected", "recurrent", "cell0", "hidden0", "recurrent gain", "recurrent shift", "cell gain",
+    names = ["projected", "recurrent", "cell0", "hidden0", "bias", "recurrent gain", "recurrent shift", "cell gain",
              "cell shift"]
     for name, got, want in zip(names, *(results[k][1] for k in ("written", "derived"))):
         assert np.abs(want).max() > 1e-3, name
