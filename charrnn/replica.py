@@ -390,8 +390,13 @@ class AsyncChiefTrainer(ChiefTrainer):
         self.end = self.total_steps if max_steps is None else min(self.total_steps, self.first_step + max_steps)
         result = super().run(max_steps, max_minutes)
         if not self.joined:  # no step was taken: the others start, see the end and stop
-            self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
+            self._start_others()
         return result
+
+    def _start_others(self):
+        """Set the end step, which the other workers wait for before their first update."""
+        self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
+        self.joined = True
 
     def train_step(self):
         loss, norm, after, _ = self.share.run(self.step)
@@ -401,8 +406,7 @@ class AsyncChiefTrainer(ChiefTrainer):
             # The others start only now, after the chief's first update: that update's first run
             # of the step (seconds on a loaded machine) then cannot land after theirs with the
             # rate of the global step it read before them. Then the chief waits for theirs.
-            self.session.run(self.model.set_end_step, {self.model.next_step: self.end})
-            self.joined = True
+            self._start_others()
             self._wait_for_workers()
         return loss, norm
 

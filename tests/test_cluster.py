@@ -564,7 +564,9 @@ def test_asynchronous_workers_apply_their_own_gradients_until_the_global_step_en
     # The last rate assigned is the schedule's at a global step one of the last updates saw.
     rates = [trainer.learning_rate_at(config, 16, s) for s in range(step - 2 * own - 2, step)]
     assert min(abs(tensors["model/learning_rate"] - r) for r in rates) < 1e-9
-    assert tensors["model/learning_rate"] < trainer.learning_rate_at(config, 16, 2) / 2  # late in the decay
+    # ... and one from the run's second half: not the chief's first update landing last with the
+    # rate of global step 2 (under load, a last update may have read a step a few updates back).
+    assert tensors["model/learning_rate"] <= trainer.learning_rate_at(config, 16, step // 2)
     sampled = run_cli("charrnn-sample", "--save_dir", save, "--n", "20", "--prime", "It")
     assert sampled.returncode == 0 and sampled.stdout.startswith("It"), sampled.stderr
     # The same command resumes it asynchronously (config.json keeps the choice), each worker
