@@ -196,6 +196,12 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
             notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
                          f"(--num_epochs {config.num_epochs} x {per_epoch} "
                          + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
+            if budget_minutes is not None and replica and not resume:
+                # A cluster's speed is its own (workers, ps, network): one process's timing would
+                # not say how many of its steps fit, so the time limit only stops the run.
+                notes.append(f"warning: a cluster does not turn the {budget_minutes:g}-minute limit into the "
+                             f"schedule's end; it stops the run wherever the schedule is then. For a schedule "
+                             f"that ends with the time, give --decay_steps (the global steps that fit)")
     return Run(config, vocab, train, val, resume, notes, None if resume else source, budget_seconds)
 
 

@@ -489,6 +489,27 @@ def test_a_single_machine_run_continues_on_workers_that_share_its_streams(tmp_pa
         trainer.prepare(tiny_config(), data, save, replica=(0, 4))
 
 
+def test_a_cluster_says_its_time_limit_does_not_end_the_schedule(tmp_path):
+    """--preset cpu30's 30 minutes on a cluster: no single-process timing sets the schedule's end
+    (a cluster's speed is its own); it decays over --num_epochs, and the worker's notes say so
+    and what to give instead. A resume keeps the saved total and says nothing."""
+    data = make_data_dir(tmp_path, TEXT)
+    save = str(tmp_path / "save")
+    config = tiny_config(batch_size=4, num_epochs=3, decay_schedule="cosine")
+    run = trainer.prepare(config, data, save, replica=(0, 2), budget_minutes=30.0)
+    assert run.budget_seconds == 0.0 and run.config.decay_steps == 3 * run.train.num_batches
+    warnings = [n for n in run.notes if n.startswith("warning:")]
+    assert warnings == ["warning: a cluster does not turn the 30-minute limit into the schedule's end; it stops "
+                        "the run wherever the schedule is then. For a schedule that ends with the time, give "
+                        "--decay_steps (the global steps that fit)"]
+    single = str(tmp_path / "single")  # a run started on one machine, resumed by the cluster
+    first = trainer.prepare(tiny_config(batch_size=8, num_epochs=3, decay_schedule="cosine"), data, single)
+    trainer.train(first, single, str(tmp_path / "logs"), max_steps=1)
+    again = trainer.prepare(config, data, single, replica=(0, 2), budget_minutes=30.0)
+    assert again.resume and again.config.decay_steps == first.config.decay_steps
+    assert not [n for n in again.notes if n.startswith("warning:")]
+
+
 def cluster_and_one_process(tmp_path, name, extra):
     """A local cluster of two workers and one process of twice the batch, both trained with the
     config values ``extra`` (without XLA) on TEXT: their checkpoints' tensors, by the same names."""
