@@ -242,10 +242,11 @@ def lstm_layer(projected, recurrent, recurrent_t, cell, hidden, bias, preserve=(
             previous_hidden = tf.concat([hidden0[None], outputs[:-1]], 0)  # (T, B, H)
             d_recurrent = tf.matmul(tf.reshape(previous_hidden, [-1, H]),
                                     tf.reshape(d_products, [-1, 4 * H]), transpose_a=True)
-            d_extra = [tf.reduce_sum(d_steps, [0, 1])]  # the bias's
+            d_bias = tf.reduce_sum(d_steps, [0, 1])  # also the recurrent shift's: both add to the gates
+            d_extra = [d_bias]
             if normalized:  # the gains' and shifts' gradients: sums over time and batch
                 d_cell_norms = d_arrays[1].stack()  # (T, B, H)
-                d_extra += [tf.reduce_sum(d_steps * recurrent_xhat, [0, 1]), tf.reduce_sum(d_steps, [0, 1]),
+                d_extra += [tf.reduce_sum(d_steps * recurrent_xhat, [0, 1]), d_bias,
                             tf.reduce_sum(d_cell_norms * cell_xhat, [0, 1]), tf.reduce_sum(d_cell_norms, [0, 1])]
             return [d_steps, d_recurrent, None, d_cell, d_hidden] + d_extra
 
