@@ -92,11 +92,9 @@ def steps_in_minutes(config, loader, val, minutes, log=None):
             per_eval = time.perf_counter() - eval_started
     release_free_memory()
     seconds = time.perf_counter() - started
-    evals_per_step = 0.0
-    if val is not None:
-        evals_per_step = 1 / config.eval_every + (1 / loader.num_batches if config.validates_at_epoch_ends else 0)
-    budget = 60 * minutes - seconds - first_steps  # the measurement is part of the budget
-    steps = max(1, int(budget / (per_step + per_eval * evals_per_step)))
+    # The measurement is part of the budget.
+    steps = steps_that_fit(config, loader.num_batches, 60 * minutes - seconds - first_steps, per_step,
+                           per_eval if val is not None else None)
     if log:
         log(f"budget: {minutes:g} min = {steps:,} steps ({1000 * per_step:.1f} ms/step, "
             f"{per_eval:.1f} s per evaluation, first steps {first_steps:.1f} s; measured in {seconds:.1f} s)")
@@ -111,6 +109,17 @@ def budget_steps(config, loader, val, minutes, log=None):
         config = dataclasses.replace(config, xla=choose_xla(config, loader, log)[0])
     steps, seconds = steps_in_minutes(config, loader, val, minutes, log=log)
     return config, steps, seconds
+
+
+def steps_that_fit(config, steps_per_epoch, seconds, per_step, per_eval=None):
+    """How many training steps of ``per_step`` seconds fit in ``seconds``, with an evaluation of
+    ``per_eval`` seconds (None: no validation) every eval_every steps, at each epoch end of
+    ``steps_per_epoch`` steps with the per-epoch schedule, and one at the end; at least 1."""
+    evals_per_step = 0.0
+    if per_eval is not None:
+        seconds -= per_eval  # the last step's validation
+        evals_per_step = 1 / config.eval_every + (1 / steps_per_epoch if config.validates_at_epoch_ends else 0)
+    return max(1, int(seconds / (per_step + (per_eval or 0.0) * evals_per_step)))
 
 
 class _TimedStep:

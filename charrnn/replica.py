@@ -39,14 +39,15 @@ import time
 
 import numpy as np
 
-from charrnn.autotune import choose_xla
+from charrnn.autotune import choose_xla, steps_that_fit
 from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
 from charrnn.config import Config
 from charrnn.errors import ConfigError
+from charrnn.evaluate import evaluate_stream
 from charrnn.model import (CarriedState, ModelWeights, _transposed_kernels, clipped_adam, dense_gradients,
                            dropout_masks, model_scope, training_loss)
-from charrnn.tfcompat import load
-from charrnn.train import Trainer, learning_rate_at, log, run_length, train
+from charrnn.tfcompat import load, release_free_memory
+from charrnn.train import CLUSTER_TIMING_SKIP, Trainer, learning_rate_at, log, run_length, train
 
 STOP = -1  # the token that ends a worker's loop
 # Sessions a task leaves open until its process ends: closing one whose ps task has already
@@ -306,8 +307,12 @@ class ChiefTrainer(Trainer):
         # No worker has given a gradient for this step yet; the others wait for this (see _work).
         self.session.run(self.model.reset_records, {self.model.next_step: self.step})
         self.share = _Share(self.session, self.model, self.loader, "worker 0 (chief)")
+        self.budget = self.run_data.cluster_budget  # minutes to turn into decay_steps (see _time_budget)
+        self.timing = None  # (first timed step, its start time)
 
     def train_step(self):
+        if self.budget is not None:
+            self._time_budget()
         model, step = self.model, self.step
         _, k = self.loader.position(step)
         self.set_learning_rate(k)
@@ -319,6 +324,38 @@ class ChiefTrainer(Trainer):
         self.refuse_non_finite(loss, norm)
         self.step += 1
         return float(loss), float(norm)
+
+    def _time_budget(self):
+        """A new run with a time limit: time the cluster's global steps CLUSTER_TIMING_SKIP to
+        warmup_steps - 2 (0-based) and one validation's pass and sample, then, before the last
+        warm-up step, fix decay_steps at the global step the limit ends (the warm-up's learning
+        rates do not depend on it); a single process measures the same before it starts
+        (charrnn.autotune.steps_in_minutes)."""
+        c, step = self.config, self.step
+        first, last = CLUSTER_TIMING_SKIP, c.warmup_steps - 1
+        if step == first:
+            self.timing = (step, time.perf_counter())
+        if step < last or self.timing is None:
+            return
+        per_step = (time.perf_counter() - self.timing[1]) / (step - self.timing[0])
+        per_eval = None
+        if self.eval_model is not None:  # a validation: the pass over the text and the sample
+            evaluate_stream(self.session, self.eval_model, self.run_data.val)  # builds the kernels
+            self._sample_text()
+            eval_started = time.perf_counter()
+            evaluate_stream(self.session, self.eval_model, self.run_data.val)
+            self._sample_text()
+            per_eval = time.perf_counter() - eval_started
+            release_free_memory()
+        left = 60 * self.budget - (time.time() - self.started)
+        total = step + steps_that_fit(c, self.steps_per_epoch, left, per_step, per_eval)
+        self.config = dataclasses.replace(c, decay_steps=total)  # saved with the next checkpoint
+        self.total_steps = run_length(self.config, self.steps_per_epoch)
+        log(f"budget: {self.budget:g} min = {total:,} global steps ({1000 * per_step:.1f} ms per global step "
+            f"over steps {self.timing[0] + 1}-{step}"
+            + (f", {per_eval:.1f} s per evaluation" if per_eval is not None else "")
+            + f", {left:.0f} s left); the {c.decay_schedule} schedule ends at step {total:,}")
+        self.budget = None
 
     def run(self, max_steps=None, max_minutes=None):
         try:

@@ -47,6 +47,9 @@ class Run:
     notes: list = dataclasses.field(default_factory=list)
     init_from: object = None  # the TrainedModel whose weights a new fine-tuning run starts from
     budget_seconds: float = 0.0  # what measuring a time budget's step total took (see prepare)
+    # Minutes whose step total the chief of a new synchronous cluster measures while the warm-up
+    # runs, then saves as decay_steps (see prepare and charrnn.replica.ChiefTrainer); None: none.
+    cluster_budget: float = None
 
 
 def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None, init_from=None,
@@ -180,7 +183,7 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
         notes.append(f"validation: last {held_out:,} characters ({config.val_frac:g} of the text)"
                      + (f", scoring the first {len(val_ids):,} (--max_val_chars)" if len(val_ids) < held_out
                         else ""))
-    budget_seconds = 0.0
+    budget_seconds, cluster_budget = 0.0, None
     if config.decay_schedule != "epoch" and config.decay_steps == 0:
         # The budget is fixed once, when the schedule starts, and saved: a resume (even with
         # another --num_epochs) keeps the same learning rate at every step.
@@ -193,16 +196,47 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
             # On an asynchronous cluster a global step is one worker's batch: W of them make a batch.
             per_epoch = train.num_batches * (replica[1] if replica and not config.sync_replicas else 1)
             config = dataclasses.replace(config, decay_steps=config.num_epochs * per_epoch)
-            notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} "
-                         f"(--num_epochs {config.num_epochs} x {per_epoch} "
-                         + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
+            epochs = (f"--num_epochs {config.num_epochs} x {per_epoch} "
+                      + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
             if budget_minutes is not None and replica and not resume:
-                # A cluster's speed is its own (workers, ps, network): one process's timing would
-                # not say how many of its steps fit, so the time limit only stops the run.
-                notes.append(f"warning: a cluster does not turn the {budget_minutes:g}-minute limit into the "
-                             f"schedule's end; it stops the run wherever the schedule is then. For a schedule "
-                             f"that ends with the time, give --decay_steps (the global steps that fit)")
-    return Run(config, vocab, train, val, resume, notes, None if resume else source, budget_seconds)
+                # A cluster's speed is its own (workers, ps, network): no single process can time
+                # it. The chief times the cluster's own global steps while the warm-up runs, whose
+                # rates do not depend on decay_steps, and fixes the total before it ends; until
+                # then decay_steps holds the --num_epochs total.
+                why = cluster_budget_refusal(config)
+                if why is None:
+                    cluster_budget = budget_minutes
+                    notes.append(f"schedule: {config.decay_schedule} decay to the global step that ends the "
+                                 f"{budget_minutes:g}-minute limit: the chief times the cluster's global steps "
+                                 f"{CLUSTER_TIMING_SKIP + 1}-{config.warmup_steps - 1} of the warm-up and fixes it "
+                                 f"before step {config.warmup_steps} (at most {epochs}")
+                else:
+                    notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} ({epochs}")
+                    notes.append(f"warning: this cluster does not turn the {budget_minutes:g}-minute limit into the "
+                                 f"schedule's end ({why}); it stops the run wherever the schedule is then. For a "
+                                 f"schedule that ends with the time, give --decay_steps (the global steps that fit)")
+            else:
+                notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} ({epochs}")
+    return Run(config, vocab, train, val, resume, notes, None if resume else source, budget_seconds, cluster_budget)
+
+
+# A synchronous cluster's chief times its global steps CLUSTER_TIMING_SKIP + 1 to warmup_steps - 1
+# (the first ones connect and compile) to turn a time limit into decay_steps: at least
+# CLUSTER_TIMED_STEPS of them.
+CLUSTER_TIMING_SKIP = 2
+CLUSTER_TIMED_STEPS = 10
+
+
+def cluster_budget_refusal(config):
+    """Why the chief of a new cluster run of ``config`` cannot time its warm-up to end the
+    schedule with a time limit, or None if it can."""
+    if not config.sync_replicas:
+        return ("asynchronous workers compute their own learning rates from the configuration they "
+                "started with")
+    if config.warmup_steps - 1 - CLUSTER_TIMING_SKIP < CLUSTER_TIMED_STEPS:
+        return (f"the chief times the warm-up's global steps, and --warmup_steps {config.warmup_steps} leaves "
+                f"fewer than {CLUSTER_TIMED_STEPS}; give at least {CLUSTER_TIMED_STEPS + CLUSTER_TIMING_SKIP + 1}")
+    return None
 
 
 def _fine_tuning(config, explicit, save_dir, resume, init_from, init_checkpoint):

@@ -1,5 +1,6 @@
 """Training on a cluster: the description (flags, TF_CONFIG), its errors, and real clusters of
 separate processes on loopback ports started the way a user starts one (--local_cluster)."""
+import dataclasses
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ from charrnn import replica
 from charrnn import train as trainer
 from charrnn.config import Config
 from charrnn.errors import ConfigError
+from charrnn.rundir import RunDir
 from charrnn.tfcompat import load
 from conftest import assert_identical, checkpoint_tensors, command, make_data_dir, run_cli, tiny_config
 
@@ -489,25 +491,79 @@ def test_a_single_machine_run_continues_on_workers_that_share_its_streams(tmp_pa
         trainer.prepare(tiny_config(), data, save, replica=(0, 4))
 
 
-def test_a_cluster_says_its_time_limit_does_not_end_the_schedule(tmp_path):
+def test_a_new_synchronous_cluster_leaves_its_time_limit_to_the_chief_and_others_say_it_does_not_end_the_schedule(
+        tmp_path):
     """--preset cpu30's 30 minutes on a cluster: no single-process timing sets the schedule's end
-    (a cluster's speed is its own); it decays over --num_epochs, and the worker's notes say so
-    and what to give instead. A resume keeps the saved total and says nothing."""
+    (a cluster's speed is its own). A new synchronous run hands the limit to the chief, which
+    times the warm-up (see the next test); decay_steps holds the --num_epochs total until then.
+    An asynchronous cluster or a warm-up too short to time decays over --num_epochs, and the
+    notes say so and what to give instead. A resume keeps the saved total and says nothing."""
     data = make_data_dir(tmp_path, TEXT)
     save = str(tmp_path / "save")
     config = tiny_config(batch_size=4, num_epochs=3, decay_schedule="cosine")
     run = trainer.prepare(config, data, save, replica=(0, 2), budget_minutes=30.0)
-    assert run.budget_seconds == 0.0 and run.config.decay_steps == 3 * run.train.num_batches
-    warnings = [n for n in run.notes if n.startswith("warning:")]
-    assert warnings == ["warning: a cluster does not turn the 30-minute limit into the schedule's end; it stops "
-                        "the run wherever the schedule is then. For a schedule that ends with the time, give "
-                        "--decay_steps (the global steps that fit)"]
+    assert run.cluster_budget == 30.0 and run.budget_seconds == 0.0
+    assert run.config.decay_steps == 3 * run.train.num_batches
+    assert not [n for n in run.notes if n.startswith("warning:")]
+    assert (f"schedule: cosine decay to the global step that ends the 30-minute limit: the chief times the "
+            f"cluster's global steps 3-99 of the warm-up and fixes it before step 100 (at most --num_epochs 3 x "
+            f"{run.train.num_batches} batches)") in run.notes
+    for changes, why, per_epoch in [  # an asynchronous global step is one worker's batch
+            (dict(sync_replicas=False), "asynchronous workers compute their own learning rates from the "
+                                        "configuration they started with", 2 * run.train.num_batches),
+            (dict(warmup_steps=12), "the chief times the warm-up's global steps, and --warmup_steps 12 leaves "
+                                    "fewer than 10; give at least 13", run.train.num_batches)]:
+        other = trainer.prepare(dataclasses.replace(config, **changes), data, save, replica=(0, 2),
+                                budget_minutes=30.0)
+        assert other.cluster_budget is None and other.config.decay_steps == 3 * per_epoch
+        assert [n for n in other.notes if n.startswith("warning:")] == [
+            f"warning: this cluster does not turn the 30-minute limit into the schedule's end ({why}); it stops "
+            "the run wherever the schedule is then. For a schedule that ends with the time, give --decay_steps "
+            "(the global steps that fit)"]
+    assert trainer.prepare(dataclasses.replace(config, warmup_steps=13), data, save, replica=(0, 2),
+                           budget_minutes=30.0).cluster_budget == 30.0
     single = str(tmp_path / "single")  # a run started on one machine, resumed by the cluster
     first = trainer.prepare(tiny_config(batch_size=8, num_epochs=3, decay_schedule="cosine"), data, single)
     trainer.train(first, single, str(tmp_path / "logs"), max_steps=1)
     again = trainer.prepare(config, data, single, replica=(0, 2), budget_minutes=30.0)
     assert again.resume and again.config.decay_steps == first.config.decay_steps
-    assert not [n for n in again.notes if n.startswith("warning:")]
+    assert again.cluster_budget is None and not [n for n in again.notes if n.startswith("warning:")]
+
+
+def test_a_synchronous_clusters_chief_times_the_warm_up_and_ends_the_schedule_with_the_time_limit(tmp_path):
+    """With a time limit, the chief of a new synchronous cluster times the cluster's own global
+    steps (and one evaluation) during the warm-up, whose rates do not depend on the schedule's
+    end, and fixes decay_steps before the warm-up ends: the run ends at that step, its learning
+    rate decayed to 0, within the limit, and config.json holds the total for a resume."""
+    data = make_data_dir(tmp_path, TEXT)
+    limit = 0.4  # minutes
+    result, save, _ = local_cluster(tmp_path, data, "budget", "--decay_schedule=cosine", "--warmup_steps=200",
+                                    "--num_epochs=100000", "--val_frac=0.2",
+                                    # one validation, at the end: in a run this short, saving the best
+                                    # checkpoint at each would take a part of the time no estimate holds
+                                    "--eval_every=100000", "--save_every=100000",
+                                    f"--max_minutes={limit}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    err = result.stderr
+    fixed = re.search(r"\[worker0\] budget: 0\.4 min = ([\d,]+) global steps \([\d.]+ ms per global step over "
+                      r"steps 3-199, [\d.]+ s per evaluation, \d+ s left\); the cosine schedule ends at step ([\d,]+)",
+                      err)
+    assert fixed, err[-3000:]
+    total = int(fixed.group(1).replace(",", ""))
+    assert total == int(fixed.group(2).replace(",", "")) > 200
+    config = RunDir(save).read_config()
+    assert config.decay_steps == total
+    end = re.search(r"\[worker0\] (complete|max_minutes): step (\d+)/(\d+), .*, ([\d.]+) min this run", err)
+    assert end and int(end.group(3)) == total, err[-3000:]
+    step, minutes = int(end.group(2)), float(end.group(4))
+    # An estimate from ~200 steps: on a loaded machine (load 8 on 2 cores here) the steps after them
+    # ran up to 6% slower, and then the limit stopped the run in the schedule's last steps.
+    assert step == total if end.group(1) == "complete" else step >= 0.9 * total, (fixed.group(0), end.group(0))
+    assert minutes <= limit + 0.05  # the end's save is not in the estimate
+    tensors = checkpoint_tensors(save)
+    assert tensors["model/global_step"] == step
+    assert tensors["model/learning_rate"] == pytest.approx(trainer.learning_rate_at(config, 1, step - 1), abs=1e-9)
+    assert tensors["model/learning_rate"] < 0.03 * config.learning_rate  # 0.0245 x at 90% of the cosine
 
 
 def cluster_and_one_process(tmp_path, name, extra):

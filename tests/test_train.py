@@ -254,6 +254,18 @@ def test_xla_needs_a_clear_lead_and_ties_go_to_the_plain_graph():
     assert not prefer_xla(plain_seconds=0.20 * MARGIN * 0.99, xla_seconds=0.20)
 
 
+def test_the_steps_that_fit_leave_time_for_every_validation_the_run_will_make():
+    from charrnn.autotune import steps_that_fit
+
+    steps = tiny_config(eval_every=100, decay_schedule="cosine")
+    # 12 s: 1 s for the last validation, then 0.01 s per step and a 1 s validation every 100 steps.
+    assert steps_that_fit(steps, 50, 12.0, 0.01, 1.0) == 550
+    assert steps_that_fit(steps, 50, 12.0, 0.01) == 1200  # no validation
+    epochs = tiny_config(eval_every=100)  # the per-epoch schedule validates at each epoch end too
+    assert steps_that_fit(epochs, 50, 12.0, 0.01, 1.0) == int(11 / (0.01 + 1 / 100 + 1 / 50))
+    assert steps_that_fit(steps, 50, 0.5, 0.01, 1.0) == 1  # at least one step
+
+
 def test_a_time_budget_becomes_a_step_total_that_grows_with_the_time(write_data, tmp_path):
     from charrnn.autotune import steps_in_minutes
 
