@@ -86,10 +86,7 @@ def steps_in_minutes(config, loader, val, minutes, log=None):
             init = [tf1.global_variables_initializer(), tf1.local_variables_initializer()]
         with tf1.Session(graph=graph, config=session_config()) as session:
             session.run(init)
-            evaluate_stream(session, model, val)  # the first pass builds the kernels
-            eval_started = time.perf_counter()
-            evaluate_stream(session, model, val)
-            per_eval = time.perf_counter() - eval_started
+            per_eval = second_run_seconds(lambda: evaluate_stream(session, model, val))
     release_free_memory()
     seconds = time.perf_counter() - started
     # The measurement is part of the budget.
@@ -109,6 +106,14 @@ def budget_steps(config, loader, val, minutes, log=None):
         config = dataclasses.replace(config, xla=choose_xla(config, loader, log)[0])
     steps, seconds = steps_in_minutes(config, loader, val, minutes, log=log)
     return config, steps, seconds
+
+
+def second_run_seconds(run):
+    """Seconds the second of two calls of ``run`` takes: the first builds the kernels."""
+    run()
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def steps_that_fit(config, steps_per_epoch, seconds, per_step, per_eval=None):

@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from charrnn.autotune import choose_xla, steps_that_fit
+from charrnn.autotune import choose_xla, second_run_seconds, steps_that_fit
 from charrnn.cluster import done_queue, start_server, task_device, wait_for_hosts
 from charrnn.config import Config
 from charrnn.errors import ConfigError
@@ -308,7 +308,7 @@ class ChiefTrainer(Trainer):
         self.session.run(self.model.reset_records, {self.model.next_step: self.step})
         self.share = _Share(self.session, self.model, self.loader, "worker 0 (chief)")
         self.budget = self.run_data.cluster_budget  # minutes to turn into decay_steps (see _time_budget)
-        self.timing = None  # (first timed step, its start time)
+        self.timing_started = None  # when global step CLUSTER_TIMING_SKIP started
 
     def train_step(self):
         if self.budget is not None:
@@ -332,27 +332,22 @@ class ChiefTrainer(Trainer):
         rates do not depend on it); a single process measures the same before it starts
         (charrnn.autotune.steps_in_minutes)."""
         c, step = self.config, self.step
-        first, last = CLUSTER_TIMING_SKIP, c.warmup_steps - 1
-        if step == first:
-            self.timing = (step, time.perf_counter())
-        if step < last or self.timing is None:
+        if step == CLUSTER_TIMING_SKIP:
+            self.timing_started = time.perf_counter()
+        if step < c.warmup_steps - 1 or self.timing_started is None:
             return
-        per_step = (time.perf_counter() - self.timing[1]) / (step - self.timing[0])
+        per_step = (time.perf_counter() - self.timing_started) / (step - CLUSTER_TIMING_SKIP)
         per_eval = None
         if self.eval_model is not None:  # a validation: the pass over the text and the sample
-            evaluate_stream(self.session, self.eval_model, self.run_data.val)  # builds the kernels
-            self._sample_text()
-            eval_started = time.perf_counter()
-            evaluate_stream(self.session, self.eval_model, self.run_data.val)
-            self._sample_text()
-            per_eval = time.perf_counter() - eval_started
+            per_eval = second_run_seconds(
+                lambda: (evaluate_stream(self.session, self.eval_model, self.run_data.val), self._sample_text()))
             release_free_memory()
         left = 60 * self.budget - (time.time() - self.started)
         total = step + steps_that_fit(c, self.steps_per_epoch, left, per_step, per_eval)
         self.config = dataclasses.replace(c, decay_steps=total)  # saved with the next checkpoint
         self.total_steps = run_length(self.config, self.steps_per_epoch)
         log(f"budget: {self.budget:g} min = {total:,} global steps ({1000 * per_step:.1f} ms per global step "
-            f"over steps {self.timing[0] + 1}-{step}"
+            f"over steps {CLUSTER_TIMING_SKIP + 1}-{step}"
             + (f", {per_eval:.1f} s per evaluation" if per_eval is not None else "")
             + f", {left:.0f} s left); the {c.decay_schedule} schedule ends at step {total:,}")
         self.budget = None

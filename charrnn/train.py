@@ -198,25 +198,24 @@ def prepare(config, data_dir, save_dir, explicit=(), fresh=False, cache_dir=None
             config = dataclasses.replace(config, decay_steps=config.num_epochs * per_epoch)
             epochs = (f"--num_epochs {config.num_epochs} x {per_epoch} "
                       + ("batches)" if per_epoch == train.num_batches else "global steps of one worker's batch)"))
-            if budget_minutes is not None and replica and not resume:
-                # A cluster's speed is its own (workers, ps, network): no single process can time
-                # it. The chief times the cluster's own global steps while the warm-up runs, whose
-                # rates do not depend on decay_steps, and fixes the total before it ends; until
-                # then decay_steps holds the --num_epochs total.
-                why = cluster_budget_refusal(config)
-                if why is None:
-                    cluster_budget = budget_minutes
-                    notes.append(f"schedule: {config.decay_schedule} decay to the global step that ends the "
-                                 f"{budget_minutes:g}-minute limit: the chief times the cluster's global steps "
-                                 f"{CLUSTER_TIMING_SKIP + 1}-{config.warmup_steps - 1} of the warm-up and fixes it "
-                                 f"before step {config.warmup_steps} (at most {epochs}")
-                else:
-                    notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} ({epochs}")
-                    notes.append(f"warning: this cluster does not turn the {budget_minutes:g}-minute limit into the "
-                                 f"schedule's end ({why}); it stops the run wherever the schedule is then. For a "
-                                 f"schedule that ends with the time, give --decay_steps (the global steps that fit)")
+            # A cluster's speed is its own (workers, ps, network): no single process can time it.
+            # The chief times the cluster's own global steps while the warm-up runs, whose rates
+            # do not depend on decay_steps, and fixes the total before it ends; until then
+            # decay_steps holds the --num_epochs total.
+            limited = budget_minutes is not None and replica and not resume
+            why = cluster_budget_refusal(config) if limited else None
+            if limited and why is None:
+                cluster_budget = budget_minutes
+                notes.append(f"schedule: {config.decay_schedule} decay to the global step that ends the "
+                             f"{budget_minutes:g}-minute limit: the chief times the cluster's global steps "
+                             f"{CLUSTER_TIMING_SKIP + 1}-{config.warmup_steps - 1} of the warm-up and fixes it "
+                             f"before step {config.warmup_steps} (at most {epochs}")
             else:
                 notes.append(f"schedule: {config.decay_schedule} decay to step {config.decay_steps:,} ({epochs}")
+            if why is not None:
+                notes.append(f"warning: this cluster does not turn the {budget_minutes:g}-minute limit into the "
+                             f"schedule's end ({why}); it stops the run wherever the schedule is then. For a "
+                             f"schedule that ends with the time, give --decay_steps (the global steps that fit)")
     return Run(config, vocab, train, val, resume, notes, None if resume else source, budget_seconds, cluster_budget)
 
 
